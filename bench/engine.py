@@ -1,0 +1,564 @@
+"""Engine benchmark: ppocr-server's engine against PaddleOCR 2.10's and RapidOCR's own pipelines.
+
+Same images, same model files (models/ppocr-v4), side by side in one run. Every engine
+configuration runs in its own fresh subprocess (this script with `--runner KIND`), so its import
+and model-load time are measured cleanly and its RSS is its own. A runner:
+
+1. imports the engine and loads the models (timed; RSS after load);
+2. for each benchmark image: warm-up calls, then N timed calls on the same decoded BGR array
+   (median, min, p90; per-stage split where the engine reports one; the texts it read);
+3. reads 200 varied images (every full-pipeline image of ../shared/eval plus the benchmark page,
+   randomly cropped and rescaled with a fixed seed, so shapes keep changing) and reports RSS
+   after them, peak RSS (VmHWM), and the texts' digests, so the parent can tell on how many of
+   them each engine reads exactly what PaddleOCR reads.
+
+Images are decoded with cv2.imread once per runner from the same files (same OpenCV build in
+both environments), so decoding is not part of the compared latency; our own decoder
+(ocr_engine.image.decode_image) is timed separately. The parent prints tables with ratios against
+PaddleOCR's pipeline at the same thread count and writes all results to
+bench/results/engine-<timestamp>.json.
+
+    make peers                       # builds .venv-peer (paddleocr 2.10 + paddlepaddle 3.3.1)
+    make bench-engine                # = .venv/bin/python bench/engine.py
+    .venv/bin/python bench/engine.py --repeats 7 --threads 2
+    .venv/bin/python bench/engine.py --quick                       # smoke run, ~2 minutes
+    .venv/bin/python bench/engine.py --profile ours-onnxruntime     # cProfile of one engine
+
+Engines (--engines): ours-onnxruntime, ours-paddle (our pipeline on each backend),
+paddleocr (PaddleOCR 2.10 TextSystem, enable_mkldnn=True: its default is oneDNN off, ~5x slower),
+rapidocr (rapidocr_onnxruntime 1.4.4 with its own defaults), rapidocr-ppsettings (rapidocr
+configured like PaddleOCR: det max side, ImageNet normalisation, box_thresh 0.6, unclip 1.5, no
+dilation, no pre-resize or letterbox; its `max` mode still picks 960/1500/2000 by image size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_PROCESS_START = time.perf_counter()
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+EVAL_DIR = ROOT.parent / "shared" / "eval"
+MODELS = ROOT / "models" / "ppocr-v4"
+PAGE = HERE / "data" / "doc_1000x700_15lines.png"
+RESULTS_DIR = HERE / "results"
+
+ENGINES = ("ours-onnxruntime", "ours-paddle", "paddleocr", "rapidocr", "rapidocr-ppsettings")
+REFERENCE = "paddleocr"
+# (name, path relative to EVAL_DIR or absolute); the first is the headline image.
+BENCH_IMAGES = (
+    ("doc_1000x700_15lines", str(PAGE)),
+    ("11.jpg", "paddleocr/doc/imgs/11.jpg"),
+    ("00111002.jpg", "paddleocr/doc/imgs/00111002.jpg"),
+    ("img_12.jpg", "paddleocr/doc/imgs_en/img_12.jpg"),
+)
+STAGES = ("det", "cls", "rec", "other")
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+# ----------------------------------------------------------------------------- runner side
+# Runs inside the engine's own environment (.venv or .venv-peer): only numpy, cv2 and the
+# engine itself may be imported here.
+
+def read_status() -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of this process in MiB, from /proc/self/status."""
+    values = {}
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return {"rss_mb": round(values["VmRSS"], 1), "peak_rss_mb": round(values["VmHWM"], 1)}
+
+
+def text_digest(texts: list[str]) -> str:
+    return hashlib.sha1("\n".join(texts).encode("utf-8")).hexdigest()[:16]
+
+
+def varied_images(paths: list[Path], count: int, seed: int):
+    """`count` crops/rescales cycling over `paths`, same pixels in every environment."""
+    import cv2
+    import numpy as np
+
+    bases = [image for image in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths)
+             if image is not None]
+    rng = np.random.default_rng(seed)
+    images = []
+    for index in range(count):
+        base = bases[index % len(bases)]
+        height, width = base.shape[:2]
+        crop_h = max(8, int(height * rng.uniform(0.55, 1.0)))
+        crop_w = max(8, int(width * rng.uniform(0.55, 1.0)))
+        top = int(rng.integers(0, height - crop_h + 1))
+        left = int(rng.integers(0, width - crop_w + 1))
+        scale = float(rng.uniform(0.5, 1.6))
+        scale = min(scale, 2000 / max(crop_h, crop_w))  # keep to what a server would accept
+        size = (max(16, round(crop_w * scale)), max(16, round(crop_h * scale)))
+        images.append(cv2.resize(base[top:top + crop_h, left:left + crop_w], size,
+                                 interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR))
+    digest = hashlib.sha1()
+    for image in images:
+        digest.update(np.ascontiguousarray(image).tobytes())
+    return images, digest.hexdigest()[:16]
+
+
+class OursAdapter:
+    def __init__(self, backend: str, threads: int) -> None:
+        from ocr_engine import EngineConfig, OcrEngine, resolve_model_set
+        from ocr_engine.image import decode_image
+
+        self.decode_image = decode_image
+        self.engine = OcrEngine(EngineConfig(resolve_model_set("ppocr-v4", backend),
+                                             threads=threads))
+
+    def __call__(self, image):
+        result = self.engine.ocr_array(image)
+        timings = result.timings_ms
+        stages = {stage: timings.get(stage, 0.0) for stage in ("det", "cls", "rec")}
+        return [line.text for line in result.lines], stages
+
+    def decode_ms(self, data: bytes, repeats: int) -> float:
+        samples = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            self.decode_image(data)
+            samples.append((time.perf_counter() - start) * 1000)
+        return statistics.median(samples[1:])
+
+
+class PaddleOcrAdapter:
+    """PaddleOCR 2.10's TextSystem (what PaddleOCR.ocr runs for an ndarray), PP-OCRv4 defaults."""
+
+    def __init__(self, threads: int) -> None:
+        import logging
+
+        from paddleocr import PaddleOCR
+
+        logging.disable(logging.WARNING)
+        paddle_models = MODELS / "paddle"
+        self.engine = PaddleOCR(
+            use_angle_cls=True, use_gpu=False, show_log=False, ocr_version="PP-OCRv4",
+            det_model_dir=str(paddle_models / "det"), rec_model_dir=str(paddle_models / "rec"),
+            cls_model_dir=str(paddle_models / "cls"),
+            rec_char_dict_path=str(paddle_models / "ppocr_keys_v1.txt"),
+            enable_mkldnn=True, cpu_threads=threads)
+
+    def __call__(self, image):
+        # TextSystem.__call__ is what PaddleOCR.ocr() runs per image after check_img (a no-op
+        # for a 3-channel array); it also returns PaddleOCR's own stage timings (seconds).
+        _, rec_res, time_dict = self.engine(image, cls=True)
+        stages = {stage: time_dict[stage] * 1000 for stage in ("det", "cls", "rec")}
+        return [text for text, _score in (rec_res or [])], stages
+
+
+class RapidOcrAdapter:
+    def __init__(self, threads: int, paddle_settings: bool) -> None:
+        from rapidocr_onnxruntime import RapidOCR
+
+        onnx_models = MODELS / "onnx"
+        kwargs = {"det_model_path": str(onnx_models / "det.onnx"),
+                  "cls_model_path": str(onnx_models / "cls.onnx"),
+                  "rec_model_path": str(onnx_models / "rec.onnx"),
+                  "intra_op_num_threads": threads}
+        if paddle_settings:
+            kwargs.update(det_limit_type="max", det_limit_side_len=960, det_box_thresh=0.6,
+                          det_unclip_ratio=1.5, det_use_dilation=False,
+                          det_mean=IMAGENET_MEAN, det_std=IMAGENET_STD,
+                          # no pre-resize of small/large images, no letterbox of short ones
+                          max_side_len=100_000, min_side_len=0, min_height=0,
+                          width_height_ratio=-1)
+        self.engine = RapidOCR(**kwargs)
+
+    def __call__(self, image):
+        result, elapse = self.engine(image)
+        elapse = list(elapse or [])
+        elapse += [0.0] * (3 - len(elapse))
+        stages = {stage: seconds * 1000 for stage, seconds in zip(("det", "cls", "rec"), elapse)}
+        return [text for _box, text, _score in (result or [])], stages
+
+
+def load_adapter(kind: str, threads: int):
+    if kind == "ours-onnxruntime":
+        return OursAdapter("onnxruntime", threads)
+    if kind == "ours-paddle":
+        return OursAdapter("paddle", threads)
+    if kind == "paddleocr":
+        return PaddleOcrAdapter(threads)
+    if kind == "rapidocr":
+        return RapidOcrAdapter(threads, paddle_settings=False)
+    if kind == "rapidocr-ppsettings":
+        return RapidOcrAdapter(threads, paddle_settings=True)
+    raise SystemExit(f"unknown engine {kind!r}; choose from {', '.join(ENGINES)}")
+
+
+def timed_call(adapter, image) -> tuple[float, float, list[str], dict[str, float]]:
+    cpu_start, start = time.process_time(), time.perf_counter()
+    texts, stages = adapter(image)
+    wall_ms = (time.perf_counter() - start) * 1000
+    cpu_ms = (time.process_time() - cpu_start) * 1000
+    stages = dict(stages)
+    stages["other"] = max(0.0, wall_ms - sum(stages.values()))
+    return wall_ms, cpu_ms, texts, stages
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def run_runner(kind: str, threads: int, spec: dict) -> dict:
+    import cv2
+
+    out: dict = {"engine": kind, "threads": threads, "python": sys.executable,
+                 "rss_start": read_status()}
+    started = time.perf_counter()
+    adapter = load_adapter(kind, threads)
+    out["load_s"] = round(time.perf_counter() - started, 3)
+    out["startup_s"] = round(time.perf_counter() - _PROCESS_START, 3)  # interpreter + imports + load
+    out["rss_after_load"] = read_status()
+    out["versions"] = engine_versions(kind)
+
+    images = []
+    for name, path in spec["images"]:
+        array = cv2.imread(path, cv2.IMREAD_COLOR)
+        if array is None:
+            raise SystemExit(f"cannot read benchmark image {path}")
+        images.append((name, path, array))
+
+    out["images"] = {}
+    for name, path, array in images:
+        first_ms, _, _, _ = timed_call(adapter, array)
+        for _ in range(spec["warmup"] - 1):
+            timed_call(adapter, array)
+        walls, cpus, stage_runs, texts_seen = [], [], [], set()
+        texts = []
+        for _ in range(spec["repeats"]):
+            wall, cpu, texts, stages = timed_call(adapter, array)
+            walls.append(wall)
+            cpus.append(cpu)
+            stage_runs.append(stages)
+            texts_seen.add(text_digest(texts))
+        entry = {
+            "shape": list(array.shape[:2]),
+            "first_call_ms": round(first_ms, 1),
+            "median_ms": round(statistics.median(walls), 1),
+            "min_ms": round(min(walls), 1),
+            "p90_ms": round(percentile(walls, 0.9), 1),
+            "samples_ms": [round(w, 1) for w in walls],
+            "cpu_per_wall": round(sum(cpus) / sum(walls), 2),
+            "stages_ms": {stage: round(statistics.median(run[stage] for run in stage_runs), 1)
+                          for stage in STAGES},
+            "texts": texts,
+            "stable_text": len(texts_seen) == 1,
+        }
+        if isinstance(adapter, OursAdapter):
+            with open(path, "rb") as handle:
+                entry["decode_ms"] = round(adapter.decode_ms(handle.read(), spec["repeats"]), 2)
+        out["images"][name] = entry
+        print(f"  {kind} t{threads} {name}: median {entry['median_ms']} ms", file=sys.stderr)
+    out["rss_after_bench"] = read_status()
+
+    if spec["varied"]:
+        varied, digest = varied_images([Path(p) for p in spec["varied_paths"]], spec["varied"],
+                                       spec["seed"])
+        started = time.perf_counter()
+        digests = []
+        for image in varied:
+            _, _, texts, _ = timed_call(adapter, image)
+            digests.append(text_digest(texts))
+        out["varied"] = {"count": len(varied), "input_digest": digest,
+                         "seconds": round(time.perf_counter() - started, 2),
+                         "text_digests": digests, "rss_after": read_status()}
+        print(f"  {kind} t{threads} varied x{len(varied)}: {out['varied']['seconds']} s, "
+              f"RSS {out['varied']['rss_after']}", file=sys.stderr)
+    return out
+
+
+def engine_versions(kind: str) -> dict[str, str]:
+    import cv2
+    import numpy
+
+    versions = {"opencv": cv2.__version__, "numpy": numpy.__version__}
+    if kind == "paddleocr" or kind == "ours-paddle":
+        import paddle
+        versions["paddlepaddle"] = paddle.__version__
+    if kind == "paddleocr":
+        import paddleocr
+        versions["paddleocr"] = paddleocr.__version__
+    if kind.startswith("rapidocr") or kind == "ours-onnxruntime":
+        import onnxruntime
+        versions["onnxruntime"] = onnxruntime.__version__
+    if kind.startswith("rapidocr"):
+        from importlib.metadata import version
+        versions["rapidocr_onnxruntime"] = version("rapidocr_onnxruntime")
+    return versions
+
+
+def run_profile(kind: str, threads: int, spec: dict, top: int) -> None:
+    """cProfile of `repeats` calls on the first benchmark image, after warm-up."""
+    import cProfile
+    import pstats
+
+    import cv2
+
+    adapter = load_adapter(kind, threads)
+    image = cv2.imread(spec["images"][0][1], cv2.IMREAD_COLOR)
+    for _ in range(spec["warmup"]):
+        adapter(image)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(spec["repeats"]):
+        adapter(image)
+    profiler.disable()
+    stats = pstats.Stats(profiler, stream=sys.stdout)
+    print(f"== cProfile: {kind}, {threads} thread(s), {spec['repeats']} calls on "
+          f"{spec['images'][0][0]} (times are totals over the calls)")
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
+# ----------------------------------------------------------------------------- parent side
+
+def python_for(kind: str, args) -> str:
+    return args.peer_python if kind == "paddleocr" else sys.executable
+
+
+def run_config(kind: str, threads: int, spec_file: Path, args) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        result_file = Path(handle.name)
+    env = dict(os.environ, GLOG_minloglevel="2",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [python_for(kind, args), str(Path(__file__).resolve()), "--runner", kind,
+               "--runner-threads", str(threads), "--spec", str(spec_file),
+               "--result", str(result_file)]
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=None, text=True, timeout=args.runner_timeout)
+        if proc.returncode != 0:
+            return {"engine": kind, "threads": threads,
+                    "error": f"runner exited {proc.returncode}: {proc.stdout[-2000:]}"}
+        result = json.loads(result_file.read_text(encoding="utf-8"))
+    except subprocess.TimeoutExpired:
+        return {"engine": kind, "threads": threads,
+                "error": f"runner timed out after {args.runner_timeout} s"}
+    finally:
+        result_file.unlink(missing_ok=True)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    result["loadavg_before"] = [round(x, 2) for x in load_before]
+    result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def machine_info() -> dict:
+    info = {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in lscpu.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("Model name", "Thread(s) per core", "Core(s) per socket"):
+                info[key.strip()] = value.strip()
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            info["mem_total_gb"] = round(int(meminfo.readline().split()[1]) / 1024 / 1024, 1)
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        pass
+    return info
+
+
+def fmt(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def report(results: list[dict], spec: dict) -> str:
+    """Markdown tables: per image latency with ratios, then load time and memory."""
+    ok = [r for r in results if "error" not in r]
+    reference = {r["threads"]: r for r in ok if r["engine"] == REFERENCE}
+    lines = []
+    for name, _path in spec["images"]:
+        shape = next((r["images"][name]["shape"] for r in ok if name in r["images"]), None)
+        size = f"{shape[1]}x{shape[0]}" if shape else "?"
+        lines += [f"### {name} ({size})", "",
+                  "| engine | threads | median ms | min | p90 | vs paddleocr | det | cls | rec "
+                  "| other | lines | same text as paddleocr |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in ok:
+            entry = r["images"].get(name)
+            if entry is None:
+                continue
+            ref = reference.get(r["threads"], {}).get("images", {}).get(name)
+            ratio = f"{entry['median_ms'] / ref['median_ms']:.2f}x" if ref else "-"
+            same = ("-" if ref is None or r["engine"] == REFERENCE
+                    else "yes" if entry["texts"] == ref["texts"] else
+                    f"no ({sum(a == b for a, b in zip(entry['texts'], ref['texts']))}"
+                    f"/{len(ref['texts'])} lines)")
+            stages = entry["stages_ms"]
+            lines.append(
+                f"| {r['engine']} | {r['threads']} | {fmt(entry['median_ms'])} | "
+                f"{fmt(entry['min_ms'])} | {fmt(entry['p90_ms'])} | {ratio} | "
+                f"{fmt(stages['det'])} | {fmt(stages['cls'])} | {fmt(stages['rec'])} | "
+                f"{fmt(stages['other'])} | {len(entry['texts'])} | {same} |")
+        decode = [r["images"][name].get("decode_ms") for r in ok
+                  if r["engine"].startswith("ours") and name in r["images"]]
+        decode = [d for d in decode if d is not None]
+        if decode:
+            lines.append(f"\nOur decode_image of the file (not in the latencies above): "
+                         f"{statistics.median(decode):.1f} ms")
+        lines.append("")
+    lines += ["### Load time and memory", "",
+              "| engine | threads | model load s | process start to ready s | RSS after load MB "
+              "| RSS after bench MB | RSS after varied MB | peak RSS MB | varied images s "
+              "| varied: same text as paddleocr |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in ok:
+        varied = r.get("varied")
+        ref_varied = reference.get(r["threads"], {}).get("varied")
+        same = "-"
+        if varied and ref_varied and r["engine"] != REFERENCE:
+            if varied["input_digest"] != ref_varied["input_digest"]:
+                same = "inputs differ!"
+            else:
+                hits = sum(a == b for a, b in zip(varied["text_digests"],
+                                                  ref_varied["text_digests"]))
+                same = f"{hits}/{varied['count']}"
+        peak = (varied or {}).get("rss_after", r["rss_after_bench"])["peak_rss_mb"]
+        lines.append(
+            f"| {r['engine']} | {r['threads']} | {r['load_s']:.2f} | {r['startup_s']:.2f} | "
+            f"{r['rss_after_load']['rss_mb']:.0f} | {r['rss_after_bench']['rss_mb']:.0f} | "
+            f"{fmt(varied['rss_after']['rss_mb'] if varied else None)} | {peak:.0f} | "
+            f"{fmt(varied['seconds'] if varied else None, 1)} | {same} |")
+    for r in results:
+        if "error" in r:
+            lines.append(f"\n{r['engine']} t{r['threads']}: ERROR {r['error']}")
+    lines.append("\nLoad average (1 min) before/after each runner: " + ", ".join(
+        f"{r['engine']} t{r['threads']} {r['loadavg_before'][0]}/{r['loadavg_after'][0]}"
+        for r in ok))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", default=",".join(ENGINES),
+                        help="comma-separated, from: " + ", ".join(ENGINES))
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per image (>= 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per image first")
+    parser.add_argument("--varied", type=int, default=200,
+                        help="varied images run after the timed ones (0: skip)")
+    parser.add_argument("--varied-threads", default="1,2",
+                        help="thread counts whose runners also run the varied images")
+    parser.add_argument("--seed", type=int, default=20240315)
+    parser.add_argument("--images", default=None,
+                        help="comma-separated names from: " + ", ".join(n for n, _ in BENCH_IMAGES))
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: the page only, 3 repeats, 20 varied images")
+    parser.add_argument("--peer-python",
+                        default=os.environ.get("PEER_PYTHON", str(ROOT / ".venv-peer" / "bin" / "python")),
+                        help="python of the paddleocr environment (env PEER_PYTHON; "
+                             "default .venv-peer/bin/python, built by `make peers`)")
+    parser.add_argument("--runner-timeout", type=int, default=1200)
+    parser.add_argument("--out", type=Path, default=None, help="JSON results file")
+    parser.add_argument("--profile", metavar="ENGINE",
+                        help="instead of the benchmark: cProfile ENGINE on the first image")
+    parser.add_argument("--profile-top", type=int, default=30)
+    # runner mode (internal)
+    parser.add_argument("--runner", help=argparse.SUPPRESS)
+    parser.add_argument("--runner-threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.runner:
+        spec = json.loads(args.spec.read_text(encoding="utf-8"))
+        if spec.get("profile"):
+            run_profile(args.runner, args.runner_threads, spec, spec["profile_top"])
+            return 0
+        result = run_runner(args.runner, args.runner_threads, spec)
+        args.result.write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
+        return 0
+
+    if args.quick:
+        args.repeats, args.varied = min(args.repeats, 3), min(args.varied, 20)
+        args.images = args.images or BENCH_IMAGES[0][0]
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        parser.error(f"unknown engines: {', '.join(sorted(unknown))}")
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    wanted = args.images.split(",") if args.images else [n for n, _ in BENCH_IMAGES]
+    images = [(n, p if os.path.isabs(p) else str(EVAL_DIR / p)) for n, p in BENCH_IMAGES
+              if n in wanted]
+    if not PAGE.is_file():
+        subprocess.run([sys.executable, str(HERE / "make_pages.py"), "--out", str(PAGE)], check=True)
+    if "paddleocr" in engines and not Path(args.peer_python).is_file():
+        parser.error(f"{args.peer_python} not found: run `make peers` or pass --peer-python")
+
+    sys.path.insert(0, str(HERE))
+    from paddleocr_reference import eval_images
+
+    full_pipeline, _ = eval_images(EVAL_DIR)
+    spec = {"images": images, "repeats": args.repeats, "warmup": max(1, args.warmup),
+            "varied": args.varied, "seed": args.seed,
+            "varied_paths": [str(PAGE)] + [str(p) for p in full_pipeline]}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        spec_file = Path(handle.name)
+
+    try:
+        if args.profile:
+            spec_file.write_text(json.dumps({**spec, "profile": True,
+                                             "profile_top": args.profile_top}))
+            threads = thread_counts[-1]
+            env = dict(os.environ, GLOG_minloglevel="2",
+                       PYTHONPATH=str(ROOT))
+            return subprocess.run([python_for(args.profile, args), str(Path(__file__).resolve()),
+                                   "--runner", args.profile, "--runner-threads", str(threads),
+                                   "--spec", str(spec_file)], cwd=ROOT, env=env).returncode
+
+        varied_threads = {int(t) for t in args.varied_threads.split(",") if t}
+        results = []
+        started = time.time()
+        load_start = os.getloadavg()
+        for threads in thread_counts:
+            for kind in engines:
+                run_spec = dict(spec, varied=spec["varied"] if threads in varied_threads else 0)
+                spec_file.write_text(json.dumps(run_spec))
+                print(f"[{time.time() - started:6.0f} s] {kind}, {threads} thread(s) ...",
+                      file=sys.stderr)
+                results.append(run_config(kind, threads, spec_file, args))
+    finally:
+        spec_file.unlink(missing_ok=True)
+
+    document = {
+        "generator": "bench/engine.py", "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1), "machine": machine_info(),
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "settings": {k: v for k, v in spec.items() if k != "varied_paths"}
+        | {"varied_threads": sorted(varied_threads), "varied_sources": len(spec["varied_paths"])},
+        "results": results,
+    }
+    out = args.out or RESULTS_DIR / f"engine-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(report(results, spec))
+    print(f"\nload average start {document['loadavg_start']}, end {document['loadavg_end']}; "
+          f"{document['duration_s']} s; results in {out}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The one validated configuration, loaded once at start.
+
+config.json keeps the original server's shape (web_server / ocr.process / ocr.predict_system /
+service) and adds keys with defaults. Every key is declared below with its type, default, range
+and a one-line description (README's config reference is generated from the same declarations).
+Unknown keys, wrong types and values out of range fail at start with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ocr_engine.options import LIMIT_TYPES, SCORE_MODES, OcrOptions
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+def _key(default: Any, doc: str, *, low: float | None = None, high: float | None = None,
+         choices: tuple | None = None, nullable: bool = False) -> Any:
+    meta = {"doc": doc, "low": low, "high": high, "choices": choices, "nullable": nullable}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class WebServerConfig:
+    port: int = _key(8888, "TCP port to listen on", low=1, high=65535)
+    address: str = _key("", "address to bind; empty = all interfaces, as the original did")
+    max_body_size: int = _key(20 * 1024 * 1024, "largest request body in bytes (413 beyond)",
+                              low=1024, high=1 << 31)
+    api_token: str | None = _key(None, "if set, every request except /health needs "
+                                 "'Authorization: Bearer <token>'", nullable=True)
+    cors_origins: list = _key([], "origins allowed to call the API from a browser "
+                              "(empty = CORS off; '*' = any)")
+    request_timeout: float = _key(120.0, "seconds a blocking request may wait for its result "
+                                  "before 504", low=1, high=3600)
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    number: int = _key(2, "worker processes, each with its own loaded models", low=1, high=64)
+    max_task_number: int = _key(1000, "tasks before a worker is replaced (plus up to 10% "
+                                "jitter); the replacement boots first, no task is lost",
+                                low=1, high=10**9)
+    threads: int = _key(0, "math threads per worker; 0 = CPU cores / number", low=0, high=256)
+    task_timeout: float = _key(60.0, "seconds one image may take before its worker is killed "
+                               "and the request answered 504", low=0.1, high=3600)
+    queue_size: int = _key(64, "requests waiting for a worker before new ones get 503",
+                           low=1, high=100000)
+    boot_timeout: float = _key(180.0, "seconds a worker may take to load and warm up",
+                               low=1, high=3600)
+
+
+@dataclass(frozen=True)
+class PredictSystemConfig:
+    backend: str = _key("onnxruntime", "inference backend", choices=("onnxruntime", "paddle"))
+    model: str = _key("ppocr-v4", "default model set (models/manifest.json), or the name given "
+                      "to det_model_dir/rec_model_dir models")
+    models: list = _key([], "further model sets every worker loads; a request picks one with "
+                        "the 'model' field")
+    models_dir: str = _key("models", "where model sets are installed")
+    det_model_dir: str | None = _key(None, "custom detection model (.onnx file or Paddle "
+                                     "inference folder); with rec_model_dir replaces 'model'",
+                                     nullable=True)
+    rec_model_dir: str | None = _key(None, "custom recognition model", nullable=True)
+    cls_model_dir: str | None = _key(None, "custom direction classifier model", nullable=True)
+    rec_char_dict_path: str | None = _key(None, "dictionary file for a custom recognition "
+                                          "model (not needed when the ONNX model carries one)",
+                                          nullable=True)
+    enable_mkldnn: bool = _key(True, "kept for the original's configs: the paddle backend always "
+                               "uses oneDNN (without it inference is ~5x slower)")
+    rec_batch_num: int = _key(6, "recognition batch size (PaddleOCR's default 6)", low=1, high=64)
+    cls_batch_num: int = _key(6, "direction classifier batch size", low=1, high=64)
+    max_pixels: int = _key(40_000_000, "largest image (width x height) accepted; larger ones "
+                           "are refused before decoding (413)", low=1, high=10**9)
+    use_angle_cls: bool = _key(True, "run the direction classifier by default")
+    det_limit_side_len: int = _key(960, "detection resize target in pixels", low=32, high=4096)
+    det_limit_type: str = _key("max", "max: longest side at most det_limit_side_len; min: "
+                               "shortest side at least", choices=LIMIT_TYPES)
+    det_db_thresh: float = _key(0.3, "DB pixel threshold", low=0, high=1)
+    det_db_box_thresh: float = _key(0.6, "DB box score threshold", low=0, high=1)
+    det_db_unclip_ratio: float = _key(1.5, "DB box expansion ratio", low=0.1, high=10)
+    use_dilation: bool = _key(False, "dilate the DB bitmap before finding boxes")
+    det_db_score_mode: str = _key("fast", "DB box score: fast (box) or slow (polygon)",
+                                  choices=SCORE_MODES)
+    cls_thresh: float = _key(0.9, "classifier score needed to turn a line 180 degrees",
+                             low=0, high=1)
+    drop_score: float = _key(0.5, "lines scoring below this are dropped", low=0, high=1)
+
+    def default_options(self) -> OcrOptions:
+        names = {f.name for f in dataclasses.fields(OcrOptions)}
+        return OcrOptions(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+@dataclass(frozen=True)
+class OcrConfig:
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    predict_system: PredictSystemConfig = field(default_factory=PredictSystemConfig)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    time: float = _key(6000.0, "seconds a cached result stays valid", low=0, high=10**8)
+    img_number: int = _key(100, "results kept in the cache (LRU beyond)", low=0, high=10**7)
+    task_ttl: float = _key(600.0, "seconds a finished non-blocking task stays readable by id",
+                           low=1, high=10**7)
+    max_tasks: int = _key(10000, "finished non-blocking tasks kept readable (oldest dropped)",
+                          low=1, high=10**7)
+    filename_roots: list = _key([], "folders file_type=filename may read from (their real "
+                                "paths); empty = filename mode refused with 403")
+
+
+@dataclass(frozen=True)
+class Config:
+    web_server: WebServerConfig = field(default_factory=WebServerConfig)
+    ocr: OcrConfig = field(default_factory=OcrConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    # Where relative paths in the file are resolved from (the config file's folder).
+    base_dir: Path = field(default=Path("."), compare=False)
+
+    def resolve(self, path: str) -> Path:
+        return (self.base_dir / os.path.expanduser(path)).resolve()
+
+    @property
+    def threads_per_worker(self) -> int:
+        process = self.ocr.process
+        return process.threads or max(1, (os.cpu_count() or 1) // process.number)
+
+
+_SECTIONS = (Config, OcrConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Reads `path` (JSON), applies `overrides` ({"web_server.port": 9000, ...}), validates."""
+    data: dict = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+        base_dir = path.resolve().parent
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    config = _build(Config, data, "")
+    return dataclasses.replace(config, base_dir=base_dir)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected an object")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{where}{key}: unknown key (known here: {', '.join(fields)})")
+    values = {}
+    for name, spec in fields.items():
+        if name not in data:
+            continue
+        if dataclasses.is_dataclass(_field_class(cls, name)):
+            values[name] = _build(_field_class(cls, name), data[name], f"{where}{name}.")
+        else:
+            values[name] = _check(f"{where}{name}", spec, data[name])
+    return cls(**values)
+
+
+def _field_class(cls: type, name: str) -> Any:
+    return {"web_server": WebServerConfig, "ocr": OcrConfig, "service": ServiceConfig,
+            "process": ProcessConfig, "predict_system": PredictSystemConfig}.get(name) \
+        if cls in _SECTIONS else None
+
+
+def _check(key: str, spec: dataclasses.Field, value: Any) -> Any:
+    meta = spec.metadata
+    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+    if value is None:
+        if meta["nullable"]:
+            return None
+        raise ConfigError(f"{key}: must not be null")
+    expected = type(default) if default is not None else str
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {_type_name(expected)}, got {json.dumps(value)[:60]}")
+    if expected is list:
+        if not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{key}: expected a list of strings")
+        return tuple(value)
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}, got {value!r}")
+    if meta["low"] is not None and value < meta["low"]:
+        raise ConfigError(f"{key}: must be at least {meta['low']}, got {value}")
+    if meta["high"] is not None and value > meta["high"]:
+        raise ConfigError(f"{key}: must be at most {meta['high']}, got {value}")
+    return value
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            list: "a list"}.get(kind, kind.__name__)
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(dotted key, default as JSON, description) for every key: the README reference."""
+    rows = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for spec in dataclasses.fields(cls):
+            if spec.name == "base_dir":
+                continue
+            sub = _field_class(cls, spec.name)
+            if sub is not None:
+                walk(sub, f"{prefix}{spec.name}.")
+                continue
+            default = spec.default if spec.default is not dataclasses.MISSING \
+                else spec.default_factory()
+            rows.append((f"{prefix}{spec.name}", json.dumps(default), spec.metadata["doc"]))
+
+    walk(Config, "")
+    return rows

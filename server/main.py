@@ -1,0 +1,126 @@
+"""Start-up and shutdown: build the worker spec from the config, start the pool, serve HTTP.
+
+Signals only set an event (the handler does nothing else); the main coroutine then stops the
+listener, refuses new requests, lets accepted ones finish, stops the workers and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from tornado.httpserver import HTTPServer
+
+from ocr_engine import ModelNotFoundError, custom_model_paths, resolve_model_set
+
+from .app import AppContext, make_app
+from .config import Config
+from .pool import PoolBootError, PoolConfig, WorkerPool
+from .service import OcrService
+from .worker import EngineSpec, OcrHandler
+
+log = logging.getLogger("ppocr")
+
+EXIT_OK, EXIT_BOOT_FAILURE = 0, 3
+
+
+def build_engine_spec(config: Config) -> EngineSpec:
+    """Resolves every model set now, so a missing model stops the server before any worker."""
+    system = config.ocr.predict_system
+    models_dir = config.resolve(system.models_dir)
+    models = {}
+    if system.det_model_dir or system.rec_model_dir:
+        if not (system.det_model_dir and system.rec_model_dir):
+            raise ModelNotFoundError("custom models need both det_model_dir and rec_model_dir")
+        paths = custom_model_paths(
+            system.backend, str(config.resolve(system.det_model_dir)),
+            str(config.resolve(system.rec_model_dir)),
+            str(config.resolve(system.cls_model_dir)) if system.cls_model_dir else None,
+            str(config.resolve(system.rec_char_dict_path)) if system.rec_char_dict_path else None)
+        models[system.model] = paths
+    else:
+        models[system.model] = resolve_model_set(system.model, system.backend, models_dir)
+    for name in system.models:
+        models[name] = resolve_model_set(name, system.backend, models_dir)
+    return EngineSpec(models=models, threads=config.threads_per_worker,
+                      max_pixels=system.max_pixels, rec_batch_size=system.rec_batch_num,
+                      cls_batch_size=system.cls_batch_num, defaults=system.default_options())
+
+
+def pool_config(config: Config) -> PoolConfig:
+    process = config.ocr.process
+    return PoolConfig(size=process.number, max_tasks=process.max_task_number,
+                      task_timeout=process.task_timeout, queue_size=process.queue_size,
+                      boot_timeout=process.boot_timeout)
+
+
+def build_context(config: Config, pool: WorkerPool, spec: EngineSpec) -> AppContext:
+    service = OcrService(pool.submit, config.service.img_number, config.service.time,
+                         config.service.task_ttl, config.service.max_tasks)
+    web = config.web_server
+    return AppContext(
+        pool=pool, service=service, defaults=spec.defaults,
+        default_model=config.ocr.predict_system.model, models=tuple(spec.models),
+        filename_roots=tuple(config.resolve(root) for root in config.service.filename_roots),
+        max_body_size=web.max_body_size, request_timeout=web.request_timeout,
+        api_token=web.api_token, cors_origins=tuple(web.cors_origins))
+
+
+async def serve(config: Config) -> int:
+    spec = build_engine_spec(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    exit_code = EXIT_OK
+
+    def on_fatal(message: str) -> None:
+        nonlocal exit_code
+        exit_code = EXIT_BOOT_FAILURE
+        loop.call_soon(stop.set)
+
+    pool = WorkerPool(OcrHandler, spec, pool_config(config), on_fatal=on_fatal)
+    log.info("starting %d workers (%d threads each, backend %s, models %s)",
+             config.ocr.process.number, spec.threads, config.ocr.predict_system.backend,
+             ", ".join(spec.models))
+    try:
+        await pool.start()
+    except PoolBootError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_BOOT_FAILURE
+    context = build_context(config, pool, spec)
+    server = HTTPServer(make_app(context), max_body_size=config.web_server.max_body_size + 1,
+                        idle_connection_timeout=60)
+    server.listen(config.web_server.port, config.web_server.address)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("ppocr-server listening on %s:%d", config.web_server.address or "*",
+             config.web_server.port)
+    await stop.wait()
+    log.info("shutting down: no new requests; finishing the accepted ones")
+    context.draining = True
+    server.stop()
+    await pool.close(timeout=config.ocr.process.task_timeout)
+    if context.active_requests:
+        # Let handlers whose results just arrived write their responses.
+        try:
+            await asyncio.wait_for(context.idle.wait(), timeout=5)
+        except asyncio.TimeoutError:
+            pass
+    await server.close_all_connections()
+    log.info("stopped")
+    return exit_code
+
+
+def run(config: Config) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(serve(config))
+    except ModelNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BOOT_FAILURE
+
+
+__all__ = ["run", "serve", "build_engine_spec", "build_context", "pool_config", "Path"]
