@@ -6,7 +6,9 @@
 
 Scenarios: different (a new image or cache key per request), same (one image sent concurrently,
 uncached at the start of the run), cached (a warm-up request, then only cache hits), mixed (a
-seeded random mix of the three). Exit code: 0 all succeeded, 1 some failed, 2 usage error.
+seeded random mix of the three, equally weighted unless --mix says otherwise, e.g.
+--mix different=1,cached=4 for 20% uncached requests). Exit code: 0 all succeeded, 1 some failed,
+2 usage error.
 """
 from __future__ import annotations
 
@@ -149,12 +151,35 @@ def tiny_drop_score(k: int, nonce: int) -> str:
     return f"0.500{k % 1_000_000:06d}{nonce % 10_000:04d}"
 
 
+def parse_mix(text: str) -> tuple[float, ...]:
+    """--mix "different=1,cached=4" -> weights in BASE_SCENARIOS order; unnamed parts weigh 0."""
+    weights = dict.fromkeys(BASE_SCENARIOS, 0.0)
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in weights:
+            raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT pairs with NAME in "
+                                             f"{', '.join(BASE_SCENARIOS)}, got {part!r}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: weight {value!r} is not a number") from None
+        if not (weight >= 0 and math.isfinite(weight)):
+            raise argparse.ArgumentTypeError(f"{name}: weight must be finite and >= 0")
+        weights[name] = weight
+    if not sum(weights.values()) > 0:
+        raise argparse.ArgumentTypeError("at least one weight must be positive")
+    return tuple(weights.values())
+
+
 def plan_request(index: int, *, scenario: str, images: Sequence[Path], nonce: int,
-                 seed: int) -> Planned:
+                 seed: int, mix: Sequence[float] | None = None) -> Planned:
     if scenario == "mixed":
         # From (seed, index), not a shared generator, so the mix is the same whatever order the
         # threads claim indexes in.
-        scenario = random.Random(seed * 1_000_003 + index).choice(BASE_SCENARIOS)
+        rng = random.Random(seed * 1_000_003 + index)
+        scenario = rng.choice(BASE_SCENARIOS) if mix is None else \
+            rng.choices(BASE_SCENARIOS, weights=mix)[0]
     if scenario == "different":
         score = tiny_drop_score(index + 1, nonce)
         return Planned(images[index % len(images)], (("drop_score", score),))
@@ -408,6 +433,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--timeout", type=float, default=60.0, help="per request, seconds")
     add("--json", action="store_true", help="print a JSON summary instead of a table")
     add("--seed", type=int, default=0, help="seed of the mixed scenario")
+    add("--mix", type=parse_mix, help="weights of the mixed scenario's parts, e.g. "
+        "different=1,cached=4 (default: equal)")
     add("--allow-remote", action="store_true", help="allow a host that is not loopback")
     add("--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar on stderr (default: when stderr is a terminal)")
@@ -417,6 +444,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("concurrency", "max_requests", "poll_interval", "timeout", "requests", "duration"):
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.mix is not None and args.scenario != "mixed":
+        parser.error("--mix needs --scenario mixed")
     if args.requests is not None and args.requests > args.max_requests:
         parser.error(f"--requests {args.requests} exceeds --max-requests {args.max_requests}")
     if (problem := check_url(args.url, args.allow_remote)) is not None:
@@ -455,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # cache entries.
     nonce = secrets.randbelow(10_000)
     plan = functools.partial(plan_request, scenario=args.scenario, images=images, nonce=nonce,
-                             seed=args.seed)
+                             seed=args.seed, mix=args.mix)
     if args.scenario in ("cached", "mixed"):
         conn = client.connect()
         warm = client.execute(conn, Planned(images[0]))

@@ -176,8 +176,11 @@ class WorkerPool:
             self._settle(self._queue.popleft(), error=PoolClosed())
         for worker in list(self._workers.values()):
             if worker.job is not None:
+                # Still busy past the deadline: it would not read a stop message either.
                 self._settle(worker.job, error=PoolClosed())
-            self._stop(worker, "shutdown")
+                self._kill(worker, "shutdown")
+            else:
+                self._stop(worker, "shutdown")
         stop_deadline = time.monotonic() + 10
         while self._workers and time.monotonic() < stop_deadline:
             await self._wait_change(stop_deadline - time.monotonic())
@@ -244,6 +247,9 @@ class WorkerPool:
             # The pipe closed: the process is dying; its sentinel will report the exit.
             self._loop.remove_reader(worker.conn.fileno())
             return
+        self._handle(worker, message)
+
+    def _handle(self, worker: Worker, message: tuple) -> None:
         kind = message[0]
         if kind == "ready":
             self._on_ready(worker)
@@ -289,8 +295,8 @@ class WorkerPool:
     def _on_exit(self, worker: Worker) -> None:
         try:
             # A message sent just before the exit (a result, a boot error) is still in the pipe.
-            while worker.job is not None and worker.conn.poll():
-                self._on_message(worker)
+            while worker.conn.poll():
+                self._handle(worker, worker.conn.recv())
         except (EOFError, OSError):
             pass
         self._forget(worker)

@@ -2,6 +2,7 @@
 against a tiny stand-in server speaking the /ocr_service API."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import http.client
 import json
@@ -141,6 +142,19 @@ def test_plan_request_scenarios() -> None:
     mixed = [plan(i, "mixed") for i in range(60)]
     assert mixed == [plan(i, "mixed") for i in range(60)]  # seeded
     assert len({p.options for p in mixed}) > 3
+
+
+def test_mix_weights_the_mixed_scenario() -> None:
+    assert multirequest.parse_mix("different=1, cached=4") == (1.0, 0.0, 4.0)
+    for bad in ("different", "other=1", "cached=x", "cached=-1", "cached=0", "same=nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            multirequest.parse_mix(bad)
+    images = [Path("a.png"), Path("b.png")]
+    plans = [multirequest.plan_request(i, scenario="mixed", images=images, nonce=42, seed=1,
+                                       mix=(1.0, 0.0, 4.0)) for i in range(1000)]
+    uncached = sum(bool(p.options) for p in plans)  # only "different" requests carry options
+    assert 150 <= uncached <= 250  # 20% expected; seeded, so the exact count never changes
+    assert multirequest.main(["--images", ".", "--scenario", "cached", "--mix", "cached=1"]) == 2
 
 
 def test_encode_request_modes(tmp_path: Path) -> None:

@@ -1,0 +1,52 @@
+"""Shared fixtures. Group them by subject; each group is session-scoped where building is costly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ocr_engine import EngineConfig, OcrEngine, resolve_model_set
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+# ---------------------------------------------------------------- OCR engine and its reference data
+
+# The evaluation images live beside the repository (../shared/eval), not in it. Tests that need
+# them fail, never skip, when they are missing: a silently skipped conformance run reads as a pass.
+EVAL_DIR = TESTS_DIR.parents[1] / "shared" / "eval"
+REFERENCE_FILE = TESTS_DIR / "data" / "paddleocr_reference.json"
+ENGINE_THREADS = 2
+
+
+@pytest.fixture(scope="session")
+def eval_dir() -> Path:
+    if not (EVAL_DIR / "rapidocr_cases.json").is_file():
+        pytest.fail(f"evaluation images not found at {EVAL_DIR} (expected ../shared/eval beside "
+                    "the repository root, with rapidocr/, paddleocr/, plates/ and the case files)")
+    return EVAL_DIR
+
+
+def _engine(backend: str) -> OcrEngine:
+    return OcrEngine(EngineConfig(resolve_model_set("ppocr-v4", backend), threads=ENGINE_THREADS))
+
+
+@pytest.fixture(scope="session")
+def onnx_engine() -> OcrEngine:
+    """ppocr-v4 on onnxruntime with PaddleOCR's default options."""
+    return _engine("onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def paddle_engine() -> OcrEngine:
+    """ppocr-v4 on paddle.inference with PaddleOCR's default options."""
+    return _engine("paddle")
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict:
+    """What PaddleOCR 2.10 read on every eval image (bench/paddleocr_reference.py): the file's
+    header, with "cases" keyed by the image's path relative to the eval folder."""
+    document = json.loads(REFERENCE_FILE.read_text(encoding="utf-8"))
+    return {**document, "cases": {case["image"]: case for case in document["cases"]}}
