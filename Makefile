@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test models peers bench-engine bench-server clean
 
@@ -32,8 +33,12 @@ peers:
 bench-engine: models peers
 	$(PY) bench/engine.py
 
-bench-server: models
-	$(PY) bench/server.py
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	$(PIP) -r requirements-bench.txt
+	touch $@
+
+bench-server: models $(BENCH_STAMP)
+	$(PY) bench/server.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-peer .pytest_cache

@@ -23,8 +23,7 @@ DEFAULT_MAX_PIXELS = 40_000_000  # a 6000x6000 scan fits; a 50000x50000 bomb doe
 # Pillow's own bomb guard is a process-wide global; ours is per call. Errors Pillow may raise
 # from a corrupt stream, all of which mean "not a usable image".
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
-                  IndexError, TypeError, KeyError, struct.error,
-                  Image.DecompressionBombError, MemoryError)
+                  IndexError, TypeError, KeyError, struct.error, MemoryError)
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -48,6 +47,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
             return _to_bgr(image)
     except (InvalidImageError, ImageTooLargeError):
         raise
+    except Image.DecompressionBombError as exc:
+        # Above twice its global limit (~179 Mpx) Pillow refuses in Image.open, before our
+        # per-call check sees the size: still a too-large image, not an undecodable one.
+        raise ImageTooLargeError(f"the image is too large: {_short(exc)}") from None
     except _DECODE_ERRORS as exc:
         raise InvalidImageError(f"cannot decode the image: {_short(exc)}") from None
 
