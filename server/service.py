@@ -84,6 +84,10 @@ class OcrService:
         hit = self.cached(key)
         return Outcome(result=hit) if hit is not None else None
 
+    def running(self, key: str) -> asyncio.Future | None:
+        """The future Outcome of the run in flight for `key`, if any (to await it)."""
+        return self._inflight.get(key)
+
     @property
     def inflight(self) -> int:
         return len(self._inflight)
