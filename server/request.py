@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tornado.httputil import HTTPFile, parse_body_arguments
+from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from ocr_engine import InvalidOptionError, OcrOptions, parse_options
 from ocr_engine.options import OPTION_NAMES
@@ -66,7 +66,11 @@ def read_fields(content_type: str, body: bytes, query: dict[str, list[bytes]]
                        "application/json")
     raw: dict[str, list[bytes]] = {k: list(v) for k, v in query.items()}
     if body and media_type:
-        parse_body_arguments(content_type, body, raw, files)
+        try:
+            parse_body_arguments(content_type, body, raw, files)
+        except HTTPInputError as exc:
+            raise ApiError(400, "bad_request", f"the body could not be parsed: "
+                           f"{clip(str(exc), 120)}") from None
         if media_type == "multipart/form-data" and not raw and not files:
             raise ApiError(400, "bad_request", "the multipart body could not be parsed "
                            "(check the boundary and the parts)")
