@@ -44,7 +44,11 @@ class ModelPaths:
 
 
 def load_manifest(models_dir: Path = DEFAULT_MODELS_DIR) -> dict:
-    return json.loads((Path(models_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    path = Path(models_dir) / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"no model manifest at {path} (check models_dir)") from None
 
 
 def _set_entry(manifest: dict, name: str) -> dict:
