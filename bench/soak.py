@@ -1,0 +1,261 @@
+"""Soak: 5,000 mixed requests at 32 clients against a real server, one worker killed every 500.
+
+Mix (seeded): cache hits, uncached reads, non-blocking submits polled to their end, and invalid
+requests (garbage bytes, bad options, paths outside the roots, bad base64). Every 500 finished
+requests one worker is SIGKILLed. Checked at the end:
+- no unexpected 5xx (valid requests must answer 200, invalid ones their 4xx);
+- no hung request (every request ends within its client timeout);
+- every accepted non-blocking task is accounted for (polled to done or failed);
+- RSS of the server process and of the workers after warm-up versus at the end.
+
+    .venv/bin/python bench/soak.py [--requests 5000] [--clients 32] [--kill-every 500]
+
+Writes bench/results/soak-<timestamp>.json and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "docs" / "samples"
+RESULTS = ROOT / "bench" / "results"
+KINDS = ("cached", "uncached", "nonblocking", "invalid")
+WEIGHTS = (45, 12, 8, 35)
+
+
+def multipart(fields: dict, image: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + image + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def plan(index: int, rng: random.Random, image: bytes) -> tuple[str, bytes, str, set[int]]:
+    """(kind, body, content type, acceptable statuses) of request number `index`."""
+    kind = rng.choices(KINDS, WEIGHTS)[0]
+    if kind == "cached":
+        body, ctype = multipart({"file_type": "file"}, image)
+        return kind, body, ctype, {200}
+    if kind in ("uncached", "nonblocking"):
+        fields = {"file_type": "file", "drop_score": f"{0.5 + index * 1e-9:.12f}"}
+        if kind == "nonblocking":
+            fields["block_flag"] = "false"
+        body, ctype = multipart(fields, image)
+        return kind, body, ctype, {202} if kind == "nonblocking" else {200}
+    variant = rng.randrange(5)
+    if variant == 0:
+        body, ctype = multipart({"file_type": "file"}, os.urandom(rng.randrange(1, 5000)))
+        return "invalid", body, ctype, {415}
+    if variant == 1:
+        body, ctype = multipart({"file_type": "file", "det_db_thresh": "-3"}, image)
+        return "invalid", body, ctype, {400}
+    if variant == 2:
+        body = json.dumps({"file_type": "filename", "filename": "../../../etc/passwd"}).encode()
+        return "invalid", body, "application/json", {403}
+    if variant == 3:
+        body = json.dumps({"file_type": "base64", "img_src": "not base64 !!"}).encode()
+        return "invalid", body, "application/json", {400}
+    return "invalid", b'{"file_type": ', "application/json", {400}
+
+
+class Soak:
+    def __init__(self, port: int, server: subprocess.Popen, args) -> None:
+        self.port, self.server, self.args = port, server, args
+        self.image = (SAMPLES / "receipt.jpg").read_bytes()
+        self.lock = threading.Lock()
+        self.next_index = 0
+        self.done = 0
+        self.outcomes: collections.Counter = collections.Counter()
+        self.unexpected: list[str] = []
+        self.tasks: dict[str, str] = {}
+        self.latencies: list[float] = []
+        self.kills = 0
+        self.rss: list[dict] = []
+
+    def claim(self) -> int | None:
+        with self.lock:
+            if self.next_index >= self.args.requests:
+                return None
+            self.next_index += 1
+            return self.next_index - 1
+
+    def client(self, seed: int) -> None:
+        rng = random.Random(seed)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.args.timeout)
+        while (index := self.claim()) is not None:
+            kind, body, ctype, ok = plan(index, rng, self.image)
+            started = time.perf_counter()
+            try:
+                status, payload = self.request(conn, "POST", "/ocr_service", body, ctype)
+                if kind == "nonblocking" and status == 202:
+                    status = self.poll(conn, json.loads(payload))
+                    ok = {200}
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                                  timeout=self.args.timeout)
+                status = f"{type(exc).__name__}"
+            elapsed = time.perf_counter() - started
+            with self.lock:
+                self.outcomes[f"{kind}:{status}"] += 1
+                self.latencies.append(elapsed)
+                if status not in ok:
+                    self.unexpected.append(f"#{index} {kind}: got {status}, expected {ok}")
+                self.done += 1
+                kill = self.done % self.args.kill_every == 0
+            if kill:
+                self.kill_one_worker()
+        conn.close()
+
+    def request(self, conn, method: str, path: str, body=None, ctype=None) -> tuple[int, bytes]:
+        headers = {"Content-Type": ctype} if ctype else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+
+    def poll(self, conn, submitted: dict) -> int:
+        deadline = time.monotonic() + self.args.timeout
+        with self.lock:
+            self.tasks[submitted["id"]] = "pending"
+        while time.monotonic() < deadline:
+            status, payload = self.request(conn, "GET", submitted["result_url"])
+            if status != 202:
+                with self.lock:
+                    self.tasks[submitted["id"]] = "done" if status == 200 else f"failed {status}"
+                return status
+            time.sleep(0.05)  # a client's poll interval
+        return "hung"
+
+    def kill_one_worker(self) -> None:
+        workers = psutil.Process(self.server.pid).children()
+        if workers:
+            victim = random.choice(workers)
+            try:
+                victim.send_signal(signal.SIGKILL)
+                with self.lock:
+                    self.kills += 1
+            except psutil.NoSuchProcess:
+                pass
+
+    def sample_rss(self, stop: threading.Event) -> None:
+        parent = psutil.Process(self.server.pid)
+        while not stop.wait(1.0):
+            try:
+                workers = [child.memory_info().rss for child in parent.children()]
+                self.rss.append({"t": time.monotonic(), "done": self.done,
+                                 "parent_mb": parent.memory_info().rss / 2**20,
+                                 "workers_mb": [w / 2**20 for w in workers]})
+            except psutil.Error:
+                pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(port: int, server: subprocess.Popen, deadline: float = 300) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if server.poll() is not None:
+            raise SystemExit("the server exited during start")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the server did not become ready")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--kill-every", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=180)
+    args = parser.parse_args(argv)
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.json"
+        config.write_text(json.dumps({
+            "web_server": {"port": port, "address": "127.0.0.1"},
+            "ocr": {"process": {"number": args.workers, "threads": 1, "queue_size": 256},
+                    "predict_system": {"models_dir": str(ROOT / "models")}},
+            "service": {"filename_roots": [str(SAMPLES)], "img_number": 1000}}))
+        server = subprocess.Popen([sys.executable, "setup.py", "--config", str(config)],
+                                  cwd=ROOT, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(port, server)
+            soak = Soak(port, server, args)
+            stop = threading.Event()
+            sampler = threading.Thread(target=soak.sample_rss, args=(stop,), daemon=True)
+            sampler.start()
+            started = time.monotonic()
+            clients = [threading.Thread(target=soak.client, args=(seed,))
+                       for seed in range(args.clients)]
+            for thread in clients:
+                thread.start()
+            for thread in clients:
+                thread.join()
+            wall = time.monotonic() - started
+            stop.set()
+            server.send_signal(signal.SIGTERM)
+            exit_code = server.wait(120)
+        finally:
+            if server.poll() is None:
+                server.kill()
+    warm = [s for s in soak.rss if s["done"] >= args.requests * 0.1]
+    first, last = (warm[0], warm[-1]) if warm else ({}, {})
+    result = {
+        "requests": args.requests, "clients": args.clients, "workers": args.workers,
+        "kill_every": args.kill_every, "workers_killed": soak.kills, "wall_s": round(wall, 1),
+        "outcomes": dict(sorted(soak.outcomes.items())), "unexpected": soak.unexpected[:50],
+        "unexpected_count": len(soak.unexpected),
+        "hung": sum(v for k, v in soak.outcomes.items() if "hung" in k or "timeout" in k),
+        "tasks": dict(collections.Counter(soak.tasks.values())),
+        "max_latency_s": round(max(soak.latencies), 2), "server_exit_code": exit_code,
+        "rss_after_warmup": first, "rss_end": last,
+        "parent_rss_growth": (round(last["parent_mb"] / first["parent_mb"] - 1, 4)
+                              if warm else None),
+        "max_worker_mb": round(max((max(s["workers_mb"], default=0) for s in soak.rss),
+                                   default=0), 1),
+        "load_avg_end": os.getloadavg(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("rss_after_warmup",
+                                                                    "rss_end")}, indent=1))
+    print(f"results: {out}")
+    return 0 if not soak.unexpected and exit_code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
