@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
               "see README.md (make run / make test)", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(prog="python setup.py", description="Start ppocr-server.")
-    parser.add_argument("--config", default="config.json", help="config file (default: %(default)s)")
+    parser.add_argument("--config", default="config.json",
+                        help="config file (default: %(default)s)")
     parser.add_argument("--port", type=int, help="overrides web_server.port")
     parser.add_argument("--workers", type=int, help="overrides ocr.process.number")
     args = parser.parse_args(argv)

@@ -16,7 +16,6 @@ Writes bench/results/soak-<timestamp>.json and prints a summary.
 from __future__ import annotations
 
 import argparse
-import base64
 import collections
 import http.client
 import json

@@ -1,8 +1,14 @@
 """ocr_engine: PaddleOCR's PP-OCR pipeline (DB detection, direction classifier, CRNN/SVTR
 recognition) on onnxruntime or paddle.inference, as a plain library with no globals."""
 
-from .errors import (ImageTooLargeError, InvalidImageError, InvalidOptionError, ModelChecksumError,
-                     ModelNotFoundError, OcrError)
+from .errors import (
+                     ImageTooLargeError,
+                     InvalidImageError,
+                     InvalidOptionError,
+                     ModelChecksumError,
+                     ModelNotFoundError,
+                     OcrError,
+)
 from .image import decode_image
 from .models import ModelPaths, custom_model_paths, resolve_model_set
 from .options import OPTION_NAMES, OcrOptions, parse_options

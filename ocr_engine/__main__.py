@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"image": str(path), **result.to_dict()}, ensure_ascii=False))
         else:
-            print(f"== {path} ({result.width}x{result.height}, {result.timings_ms['total']:.0f} ms)")
+            took = result.timings_ms["total"]
+            print(f"== {path} ({result.width}x{result.height}, {took:.0f} ms)")
             for line in result.lines:
                 print(f"{line.confidence:.3f}  {line.text}")
     return status

@@ -102,8 +102,10 @@ def custom_model_paths(backend: str, det_model_dir: str, rec_model_dir: str,
                        rec_image_shape: tuple[int, int, int] = (3, 48, 320)) -> ModelPaths:
     """A user's own PP-OCR inference models (PaddleOCR's option names): .onnx files or
     Paddle folders, plus a dictionary file unless the ONNX recogniser carries one."""
-    paths = [Path(p) for p in (det_model_dir, rec_model_dir) + ((cls_model_dir,) if cls_model_dir else ())]
-    for path in paths:
+    for path in (det_model_dir, rec_model_dir, cls_model_dir):
+        if path is None:
+            continue
+        path = Path(path)
         if not path.exists():
             raise ModelNotFoundError(f"model path not found: {path}")
     if rec_char_dict_path and not Path(rec_char_dict_path).is_file():
@@ -210,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(args.models_dir)
     if args.command == "list":
         for name, entry in manifest["sets"].items():
-            state = ", ".join(f"{fmt}: {'installed' if is_installed(args.models_dir, name, fmt, manifest) else 'missing'}"
-                              for fmt in entry["formats"])
+            state = ", ".join(
+                f"{fmt}: "
+                + ("installed" if is_installed(args.models_dir, name, fmt, manifest) else "missing")
+                for fmt in entry["formats"])
             print(f"{name:16} {state}\n  {entry['description']}")
         return 0
     names = args.sets or [manifest["default"]]
@@ -222,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                        else [args.format])
             for fmt in formats:
                 if args.command == "fetch":
-                    print(f"{name} ({fmt}): {fetch(name, fmt, args.models_dir, manifest, args.force)}")
+                    target = fetch(name, fmt, args.models_dir, manifest, args.force)
+                    print(f"{name} ({fmt}): {target}")
                 else:
                     problems = verify(name, fmt, args.models_dir)
                     print(f"{name} ({fmt}): {'ok' if not problems else '; '.join(problems)}")

@@ -75,12 +75,13 @@ class OcrEngine:
         det_session = open_session(models.backend, models.det, config.threads)
         rec_session = open_session(models.backend, models.rec, config.threads)
         self.detector = TextDetector(det_session)
-        self.recognizer = TextRecognizer(rec_session, build_charset(_dictionary(models, rec_session)),
-                                         models.rec_image_shape, config.rec_batch_size)
+        charset = build_charset(_dictionary(models, rec_session))
+        self.recognizer = TextRecognizer(rec_session, charset, models.rec_image_shape,
+                                         config.rec_batch_size)
         self.classifier = None
         if models.cls is not None:
-            self.classifier = TextClassifier(open_session(models.backend, models.cls, config.threads),
-                                             batch_size=config.cls_batch_size)
+            cls_session = open_session(models.backend, models.cls, config.threads)
+            self.classifier = TextClassifier(cls_session, batch_size=config.cls_batch_size)
 
     @property
     def model_name(self) -> str:

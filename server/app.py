@@ -180,7 +180,7 @@ class OcrServiceHandler(BaseHandler):
         try:
             result, cached = await asyncio.wait_for(ctx.service.run(key, job),
                                                     ctx.request_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ApiError(504, "timeout", f"no result within {ctx.request_timeout:g} s; the "
                            "image is still being read and will be cached") from None
         self.send_json(done_body(key, result, cached, started))

@@ -106,7 +106,7 @@ async def serve(config: Config) -> int:
         # Let handlers whose results just arrived write their responses.
         try:
             await asyncio.wait_for(context.idle.wait(), timeout=5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     await server.close_all_connections()
     log.info("stopped")

@@ -4,7 +4,6 @@ status, the server stays healthy, nothing leaks and no accepted task is lost."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import os
@@ -18,7 +17,6 @@ import time
 import urllib.request
 import zipfile
 import zlib
-from pathlib import Path
 
 import numpy as np
 import psutil
@@ -294,7 +292,7 @@ async def _wait(pool, predicate) -> None:
         changed.clear()
         try:
             await asyncio.wait_for(changed.wait(), 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass  # some conditions (cache filled by a callback) change without a pool event
 
 

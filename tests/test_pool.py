@@ -115,7 +115,8 @@ def test_hung_job_times_out_and_its_worker_is_replaced():
             with pytest.raises(ApiError) as failure:
                 await pool.submit({"kind": "hang"})
             assert failure.value.status == 504 and failure.value.code == "timeout"
-            await events.wait_for(lambda: pool.ready_count == 1 and old_pid not in pool.worker_pids())
+            await events.wait_for(
+                lambda: pool.ready_count == 1 and old_pid not in pool.worker_pids())
             assert (await pool.submit({"kind": "echo"}))["pid"] != old_pid
         finally:
             await pool.close()
