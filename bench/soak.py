@@ -10,6 +10,9 @@ requests one worker is SIGKILLed. Checked at the end:
 
     .venv/bin/python bench/soak.py [--requests 5000] [--clients 32] [--kill-every 500]
 
+Then a burst of 10x what the server holds (workers + queue) at once: the excess must get 503 with
+Retry-After, the rest 200, and the server's RSS must not follow the load.
+
 Writes bench/results/soak-<timestamp>.json and prints a summary.
 """
 
@@ -169,6 +172,53 @@ class Soak:
                 pass
 
 
+def overload_burst(port: int, server: subprocess.Popen, args) -> dict:
+    """10x what the server can hold (workers + queue) at once, all uncached: the excess must be
+    refused with 503 + Retry-After, everything accepted must be answered, and the server's
+    memory must not follow the load."""
+    capacity = args.workers + args.queue_size
+    total = 10 * capacity
+    image = (SAMPLES / "receipt.jpg").read_bytes()
+    parent = psutil.Process(server.pid)
+    rss_before = parent.memory_info().rss
+    statuses: collections.Counter = collections.Counter()
+    retry_after_missing = 0
+    lock = threading.Lock()
+    barrier = threading.Barrier(total)
+
+    def one(index: int) -> None:
+        nonlocal retry_after_missing
+        body, ctype = multipart({"file_type": "file",
+                                 "drop_score": f"{0.6 + index * 1e-9:.12f}"}, image)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=args.timeout)
+        barrier.wait()
+        try:
+            conn.request("POST", "/ocr_service", body=body, headers={"Content-Type": ctype})
+            response = conn.getresponse()
+            response.read()
+            status = response.status
+            missing = status == 503 and not response.getheader("Retry-After")
+        except (OSError, http.client.HTTPException) as exc:
+            status, missing = type(exc).__name__, False
+        finally:
+            conn.close()
+        with lock:
+            statuses[status] += 1
+            retry_after_missing += missing
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(total)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"requests": total, "capacity": capacity, "statuses": dict(statuses),
+            "retry_after_missing": retry_after_missing,
+            "wall_s": round(time.monotonic() - started, 1),
+            "parent_rss_before_mb": round(rss_before / 2**20, 1),
+            "parent_rss_after_mb": round(parent.memory_info().rss / 2**20, 1)}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -199,13 +249,17 @@ def main(argv=None) -> int:
     parser.add_argument("--kill-every", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=180)
+    parser.add_argument("--queue-size", type=int, default=64)
+    parser.add_argument("--no-overload", dest="overload", action="store_false",
+                        help="skip the final 10x overload burst")
     args = parser.parse_args(argv)
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.json"
         config.write_text(json.dumps({
             "web_server": {"port": port, "address": "127.0.0.1"},
-            "ocr": {"process": {"number": args.workers, "threads": 1, "queue_size": 256},
+            "ocr": {"process": {"number": args.workers, "threads": 1,
+                                "queue_size": args.queue_size},
                     "predict_system": {"models_dir": str(ROOT / "models")}},
             "service": {"filename_roots": [str(SAMPLES)], "img_number": 1000}}))
         server = subprocess.Popen([sys.executable, "setup.py", "--config", str(config)],
@@ -224,6 +278,7 @@ def main(argv=None) -> int:
             for thread in clients:
                 thread.join()
             wall = time.monotonic() - started
+            overload = overload_burst(port, server, args) if args.overload else None
             stop.set()
             server.send_signal(signal.SIGTERM)
             exit_code = server.wait(120)
@@ -246,6 +301,7 @@ def main(argv=None) -> int:
         "max_worker_mb": round(max((max(s["workers_mb"], default=0) for s in soak.rss),
                                    default=0), 1),
         "load_avg_end": os.getloadavg(),
+        "overload": overload,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -253,7 +309,9 @@ def main(argv=None) -> int:
     print(json.dumps({k: v for k, v in result.items() if k not in ("rss_after_warmup",
                                                                     "rss_end")}, indent=1))
     print(f"results: {out}")
-    return 0 if not soak.unexpected and exit_code == 0 else 1
+    overload_ok = overload is None or (set(overload["statuses"]) <= {200, 503}
+                                       and not overload["retry_after_missing"])
+    return 0 if not soak.unexpected and exit_code == 0 and overload_ok else 1
 
 
 if __name__ == "__main__":
