@@ -7,23 +7,28 @@ One run measures, side by side:
    engine_runs before and after) and the same-image latency against one lone request's;
 2. saturation throughput with 1 and 2 workers against the raw engine's throughput measured in the
    same run with the same threads per process (N engine processes for N workers, pulling the
-   same image sequence from one queue): server efficiency = server req/s / engine images/s;
+   same image sequence from one queue): server efficiency = server req/s / engine images/s, and
+   CPU efficiency = engine CPU s / (workers + server process) CPU s for the same images, which
+   does not depend on how much CPU other processes on the machine left to each side;
 3. the cache-hit latency distribution at 50 clients (and at 1, the service time), with a py-spy
    profile of the server process under that load;
 4. RSS of the server process and of every worker, sampled over 2,000 mixed requests (20% uncached,
-   80% cache hits, multirequest's `--mix different=1,cached=4`) on a fresh server: a PNG plot
-   and a table, with the growth after warm-up (the first 20% of the requests).
+   80% cache hits, multirequest's `--mix different=1,cached=4`) on a fresh server after a
+   warm-up of --warm-passes uncached passes over the images: a PNG plot and a table, with the
+   growth from the end of the warm-up to the end of the mixed requests.
 
 The server is started as users start it, `python setup.py --config <temp config>`, on a free
 loopback port; every client is a separate `multirequest.py --json` process. Saturation rounds
-alternate engine and server so that load from other processes on the machine hits both alike;
-the load average before and after each phase is recorded. Images: every full-pipeline image of
-../shared/eval (paddleocr/doc/imgs, imgs_en, rapidocr/test_files), copied into one folder; for
-the saturation rounds they are ordered most expensive first (measured in the engine's warm-up
-pass) so that the last, lone requests of a round are short and the tail does not skew a rate.
+alternate engine and server (ABBA) so that a drift in other processes' load favours neither, and
+each round records how many cores other processes kept busy (a round above --max-other-cores is
+"crowded"; the headline uses the clean rounds when there are any); the load average is recorded
+too. Images: every full-pipeline image of ../shared/eval (paddleocr/doc/imgs, imgs_en,
+rapidocr/test_files), copied into one folder; for the saturation rounds they are ordered most
+expensive first (measured in the engine's warm-up pass) so that the last, lone requests of a
+round are short and the tail does not skew a rate.
 
     make bench-server                          # = .venv/bin/python bench/server.py (~10-20 min)
-    .venv/bin/python bench/server.py --quick   # smoke run, ~2 minutes; docs/rss.png untouched
+    .venv/bin/python bench/server.py --quick   # smoke run, ~2-3 min on a quiet machine
 
 Results: bench/results/server-<timestamp>.json, .md (the tables) and rss-<timestamp>.png; a full
 run also copies the plot to docs/rss.png.
@@ -64,6 +69,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SAME_IMAGE = "paddleocr_doc_imgs__11.jpg"
 PROTOCOL = "@@bench "  # prefix of the raw-engine runner's messages on its stdout
 
+PARTS = ("saturation", "scenarios", "rss")
 TARGETS = {"efficiency": 0.95, "cached_p99_ms": 5.0, "same_ratio": 1.2, "rss_growth": 0.05}
 
 
@@ -73,14 +79,26 @@ TARGETS = {"efficiency": 0.95, "cached_p99_ms": 5.0, "same_ratio": 1.2, "rss_gro
 # ended. Commands (JSON lines) come on stdin; answers go to stdout behind PROTOCOL.
 
 def engine_process(threads: int, models_dir: str, tasks, results) -> None:
+    import queue
+
     from ocr_engine import EngineConfig, OcrEngine, resolve_model_set
+
+    parent = os.getppid()
 
     engine = OcrEngine(EngineConfig(resolve_model_set("ppocr-v4", "onnxruntime", Path(models_dir)),
                                     threads=threads))
     engine.warm_up()  # as a server worker does before it reports ready
     results.put(("ready", os.getpid()))
     payloads: dict[str, bytes] = {}
-    while (task := tasks.get()) is not None:
+    while True:
+        try:
+            task = tasks.get(timeout=1)
+        except queue.Empty:
+            if os.getppid() != parent:  # the runner is gone: do not linger as an orphan
+                return
+            continue
+        if task is None:
+            return
         index, path = task
         data = payloads.get(path)
         if data is None:  # read once: the server's client also sends bytes it holds in memory
@@ -94,6 +112,8 @@ def run_raw_engine(processes: int, threads: int, models_dir: str) -> int:
     def emit(message: dict) -> None:
         print(PROTOCOL + json.dumps(message), flush=True)
 
+    # SIGTERM exits through sys.exit, so multiprocessing's exit handler ends the children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     context = multiprocessing.get_context("spawn")
     tasks, results = context.Queue(), context.Queue()
     workers = [context.Process(target=engine_process, args=(threads, models_dir, tasks, results),
@@ -150,21 +170,73 @@ class RawEngine:
         raise RuntimeError(f"raw-engine runner exited ({self.proc.wait()}); see {self._log.name}")
 
     def run(self, images: list[Path], count: int) -> dict:
+        """One pass of `count` images; adds the engine processes' CPU seconds and the CPU
+        seconds the rest of the machine used meanwhile (other_cpu_s)."""
+        busy_before, cpu_before = busy_cpu_seconds(), cpu_seconds_of(self.pids)
         self.proc.stdin.write(json.dumps({"cmd": "run", "images": [str(p) for p in images],
                                           "count": count}) + "\n")
         self.proc.stdin.flush()
-        return self._read()
+        result = self._read()
+        cpu = cpu_seconds_of(self.pids) - cpu_before
+        result.update(cpu_s=round(cpu, 3),
+                      other_cpu_s=round(busy_cpu_seconds() - busy_before - cpu, 3))
+        return result
 
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.write(json.dumps({"cmd": "stop"}) + "\n")
                 self.proc.stdin.flush()
-                self.proc.wait(timeout=60)
+                self.proc.wait(timeout=10)  # idle runners stop at once
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+                self.proc.terminate()  # mid-run: its SIGTERM handler ends the engine processes
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         self._log.close()
+
+
+def cpu_seconds_of(pids: list[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent not idle, all cores together."""
+    import psutil
+
+    times = psutil.cpu_times()  # guest time is already inside user time on Linux
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+
+
+def wait_for_quiet(args, log) -> None:
+    """With --wait-quiet S: waits up to S seconds until other processes use at most
+    --max-other-cores for two 5-second windows in a row (nothing of ours runs meanwhile)."""
+    if not args.wait_quiet:
+        return
+    deadline = time.monotonic() + args.wait_quiet
+    quiet = 0
+    waited = False
+    while quiet < 2 and time.monotonic() < deadline:
+        before = busy_cpu_seconds()
+        time.sleep(5)
+        other = (busy_cpu_seconds() - before) / 5
+        quiet = quiet + 1 if other <= args.max_other_cores else 0
+        if quiet == 0 and not waited:
+            log(f"  waiting for other processes to quieten (now {other:.2f} cores)")
+            waited = True
+    if quiet < 2:
+        log(f"  still busy after {args.wait_quiet:.0f} s; measuring anyway")
 
 
 # ----------------------------------------------------------------------------- server side
@@ -298,6 +370,7 @@ def run_client(server: Server, images: Path, scenario: str, concurrency: int, re
     runs_before, cpu_before = server.engine_runs(), server.cpu_seconds()
     load_before = os.getloadavg()[0]
     rusage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy_before = busy_cpu_seconds()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     messages: list[str] = []
 
@@ -316,20 +389,28 @@ def run_client(server: Server, images: Path, scenario: str, concurrency: int, re
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    out = proc.stdout.read()
-    proc.wait()
+    try:
+        out = proc.stdout.read()
+        proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: stop the load too
+            proc.kill()
+            proc.wait()
     reader.join()
     rusage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = busy_cpu_seconds() - busy_before
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"multirequest exited {proc.returncode}: {' '.join(messages)}")
     summary = json.loads(out)
     cpu_after = server.cpu_seconds()
+    cpu = {"server": cpu_after["server"] - cpu_before["server"],
+           "workers": cpu_after["workers"] - cpu_before["workers"],
+           "client": rusage_after.ru_utime + rusage_after.ru_stime
+           - rusage_before.ru_utime - rusage_before.ru_stime}
     summary.update(
         engine_runs=server.engine_runs() - runs_before,
-        cpu_s={"server": round(cpu_after["server"] - cpu_before["server"], 3),
-               "workers": round(cpu_after["workers"] - cpu_before["workers"], 3),
-               "client": round(rusage_after.ru_utime + rusage_after.ru_stime
-                               - rusage_before.ru_utime - rusage_before.ru_stime, 3)},
+        cpu_s={k: round(v, 3) for k, v in cpu.items()},
+        other_cpu_s=round(busy - sum(cpu.values()), 3),
         loadavg=[round(load_before, 2), round(os.getloadavg()[0], 2)])
     if messages:
         summary["client_messages"] = messages[-5:]
@@ -387,24 +468,50 @@ def saturation(workers: int, threads: int, images: list[Path], ordered: list[Pat
         count = args.passes * len(ordered)
         for round_no in range(1, args.rounds + 1):
             load = os.getloadavg()[0]
-            engine = raw.run(ordered, count)
-            summary = run_client(server, ordered_dir, "different", concurrency, count)
+            # ABBA order (engine, server, server, engine, ...): a steady drift in the machine's
+            # other load then favours neither side.
+            def run_engine() -> dict:
+                wait_for_quiet(args, log)
+                return raw.run(ordered, count)
+
+            def run_server() -> dict:
+                wait_for_quiet(args, log)
+                return run_client(server, ordered_dir, "different", concurrency, count)
+
+            if round_no % 2:
+                engine, summary = run_engine(), run_server()
+            else:
+                summary = run_server()
+                engine = run_engine()
             efficiency = summary["throughput_rps"] / engine["images_per_s"]
+            server_cpu = summary["cpu_s"]["server"] + summary["cpu_s"]["workers"]
+            # Cores the rest of the machine kept busy meanwhile: other sessions' tests and
+            # benchmarks share these cores, and a round they crowded is not a fair comparison.
+            other = max(engine["other_cpu_s"] / engine["wall_s"],
+                        summary["other_cpu_s"] / summary["wall_s"])
             result["rounds"].append({
                 "engine_images_per_s": round(engine["images_per_s"], 3),
                 "engine_wall_s": round(engine["wall_s"], 3),
-                "server": summary, "efficiency": round(efficiency, 4),
+                "engine_cpu_s": engine["cpu_s"], "server": summary,
+                "efficiency": round(efficiency, 4),
+                "cpu_efficiency": round(engine["cpu_s"] / server_cpu, 4),
+                "other_cores": round(other, 3), "clean": other <= args.max_other_cores,
                 "loadavg": [round(load, 2), round(os.getloadavg()[0], 2)]})
             log(f"  round {round_no}: engine {engine['images_per_s']:.3f} images/s, server "
                 f"{summary['throughput_rps']:.3f} req/s ({summary['ok']}/{count} ok, "
-                f"{summary['engine_runs']} engine runs), efficiency {efficiency:.3f}, "
-                f"load {load:.2f}")
+                f"{summary['engine_runs']} engine runs), efficiency {efficiency:.3f}, CPU "
+                f"efficiency {engine['cpu_s'] / server_cpu:.3f}, other processes "
+                f"{other:.2f} cores, load {load:.2f}")
         result["server_exit_code"] = server.stop()
-    effs = [r["efficiency"] for r in result["rounds"]]
-    engine_total = sum(r["engine_wall_s"] for r in result["rounds"])
-    server_total = sum(r["server"]["wall_s"] for r in result["rounds"])
-    result.update(efficiency_median=round(statistics.median(effs), 4),
-                  efficiency_pooled=round(engine_total / server_total, 4))
+    # The headline comes from the rounds no other process crowded, if there are any.
+    rounds = [r for r in result["rounds"] if r["clean"]] or result["rounds"]
+    engine_total = sum(r["engine_wall_s"] for r in rounds)
+    server_total = sum(r["server"]["wall_s"] for r in rounds)
+    result.update(
+        clean_rounds=sum(r["clean"] for r in result["rounds"]),
+        efficiency_median=round(statistics.median(r["efficiency"] for r in rounds), 4),
+        efficiency_pooled=round(engine_total / server_total, 4),
+        cpu_efficiency_median=round(statistics.median(r["cpu_efficiency"] for r in rounds), 4))
     return result, ordered
 
 
@@ -620,7 +727,7 @@ def plot_rss(rss: dict, path: Path, title: str) -> None:
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -658,35 +765,62 @@ def ms(value) -> str:
 
 
 def report(results: dict) -> str:
-    lines = []
-    add = lines.append
+    lines: list[str] = []
     m = results["machine"]
-    add(f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; Python {m['python']}, "
-        f"onnxruntime {m.get('onnxruntime')}, tornado {m.get('tornado')}.")
-    add(f"Load average (1 min) before/after the run: {results['loadavg_before'][0]:.2f} / "
-        f"{results['loadavg_after'][0]:.2f}; run took {results['elapsed_s'] / 60:.1f} min"
-        f"{' (--quick)' if results['quick'] else ''}.")
+    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; Python "
+                 f"{m['python']}, onnxruntime {m.get('onnxruntime')}, tornado {m.get('tornado')}.")
+    lines.append(f"Load average (1 min) before/after the run: {results['loadavg_before'][0]:.2f}"
+                 f" / {results['loadavg_after'][0]:.2f}; run took "
+                 f"{results['elapsed_s'] / 60:.1f} min{' (--quick)' if results['quick'] else ''}"
+                 f"; parts: {', '.join(results['args']['part_list'])}.")
+    exits = []
+    if "saturation" in results:
+        report_saturation(results, lines.append)
+        exits += [e["server_exit_code"] for e in results["saturation"]]
+    if "scenarios" in results:
+        report_scenarios(results, lines.append)
+        exits.append(results["scenario_server_exit_code"])
+    if "rss" in results:
+        report_rss(results, lines.append)
+        exits.append(results["rss"]["server_exit_code"])
+    lines.append("")
+    lines.append(f"Server exit codes after SIGTERM: {exits}.")
+    return "\n".join(lines)
+
+
+def report_saturation(results: dict, add) -> None:
     add("")
     sat = results["saturation"]
     add("Saturation: server req/s (multirequest `different`, uncached, upload) vs raw engine "
         "images/s (same images, same order, same threads per process), rounds alternating.")
     add("")
     add("| workers x threads | clients | round | engine images/s | server req/s | efficiency "
-        "| load |")
-    add("|---|---|---|---|---|---|---|")
+        "| CPU s per image: engine / server (workers + server process) | CPU efficiency "
+        "| other processes, cores | load avg |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
     for entry in sat:
         for i, r in enumerate(entry["rounds"], 1):
+            srv = r["server"]
+            count = srv["requests"]
             add(f"| {entry['workers']} x {entry['threads']} | {entry['concurrency']} | {i} | "
-                f"{r['engine_images_per_s']:.3f} | {r['server']['throughput_rps']:.3f} | "
-                f"{r['efficiency']:.3f} | {r['loadavg'][0]:.1f} |")
+                f"{r['engine_images_per_s']:.3f} | {srv['throughput_rps']:.3f} | "
+                f"{r['efficiency']:.3f} | {r['engine_cpu_s'] / count:.3f} / "
+                f"{(srv['cpu_s']['workers'] + srv['cpu_s']['server']) / count:.3f} "
+                f"({srv['cpu_s']['server'] / count * 1000:.1f} ms server process) | "
+                f"{r['cpu_efficiency']:.3f} | {r['other_cores']:.2f}"
+                f"{'' if r['clean'] else ' (crowded)'} | {r['loadavg'][0]:.1f} |")
     add("")
-    add("| workers x threads | efficiency (median of rounds) | pooled (sum engine s / sum server "
-        "s) | target >= 0.95 |")
-    add("|---|---|---|---|")
+    add("| workers x threads | clean rounds | efficiency (median) | pooled (sum engine s / sum "
+        "server s) | CPU efficiency (median) | target >= 0.95 |")
+    add("|---|---|---|---|---|---|")
     for entry in sat:
-        add(f"| {entry['workers']} x {entry['threads']} | {entry['efficiency_median']:.3f} | "
-            f"{entry['efficiency_pooled']:.3f} | "
+        add(f"| {entry['workers']} x {entry['threads']} | {entry['clean_rounds']} of "
+            f"{len(entry['rounds'])} | {entry['efficiency_median']:.3f} | "
+            f"{entry['efficiency_pooled']:.3f} | {entry['cpu_efficiency_median']:.3f} | "
             f"{verdict(entry['efficiency_median'] >= TARGETS['efficiency'])} |")
+
+
+def report_scenarios(results: dict, add) -> None:
     add("")
     sc = results["scenarios"]
     clients = results["args"]["clients"]
@@ -737,6 +871,9 @@ def report(results: dict) -> str:
         add("|---|---|")
         for name, share in prof["groups"].items():
             add(f"| {share:.1f}% | {name} |")
+
+
+def report_rss(results: dict, add) -> None:
     rss = results["rss"]
     add("")
     s = rss["summary"]
@@ -756,11 +893,6 @@ def report(results: dict) -> str:
         add(f"| {row['process']} | {row['pid']} | {row['start_mib']:.0f} | {row['warm_mib']:.0f}"
             f" | {row['end_mib']:.0f} | {row['peak_mib']:.0f} | "
             f"{100 * growth:+.1f}% | {verdict(growth <= TARGETS['rss_growth'])} |")
-    add("")
-    exits = [e["server_exit_code"] for e in sat] + [results["scenario_server_exit_code"],
-                                                     rss["server_exit_code"]]
-    add(f"Server exit codes after SIGTERM: {exits}.")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- main
@@ -771,17 +903,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer images, "
                         "one round, fewer requests; docs/rss.png is left alone")
     parser.add_argument("--eval-dir", type=Path, default=EVAL_DIR)
+    parser.add_argument("--parts", default=",".join(PARTS), help="which parts to run, "
+                        "comma-separated (default: %(default)s)")
     parser.add_argument("--workers", default="1,2", help="worker counts of the saturation test")
     parser.add_argument("--rounds", type=int, help="engine/server rounds per worker count "
                         "(default 2, quick 1)")
     parser.add_argument("--passes", type=int, default=1, help="passes over the images per round")
+    parser.add_argument("--max-other-cores", type=float, default=0.25, help="a saturation "
+                        "round counts as clean when other processes kept at most this many "
+                        "cores busy; the headline efficiency uses clean rounds when there are")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="before each half of a saturation round, wait up to SECONDS for "
+                        "other processes to stay under --max-other-cores (default: no wait)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--cached-requests", type=int, help="cache hits at --clients clients "
                         "(default 2000, quick 500)")
     parser.add_argument("--mixed-requests", type=int, help="requests of the RSS run "
                         "(default 2000, quick 200)")
-    parser.add_argument("--warm-passes", type=int, help="uncached passes over the images "
-                        "before the mixed requests of the RSS run (default 2, quick 1)")
+    parser.add_argument("--warm-passes", type=int, default=2, help="uncached passes over the "
+                        "images before the mixed requests of the RSS run (default 2)")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="RSS sampling, s")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the py-spy profile of cache hits")
@@ -796,12 +936,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     args.rounds = args.rounds or (1 if quick else 2)
-    args.warm_passes = args.warm_passes or (1 if quick else 2)
     args.cached_requests = args.cached_requests or (500 if quick else 2000)
     args.mixed_requests = args.mixed_requests or (200 if quick else 2000)
     if args.docs_plot is None and not quick:
         args.docs_plot = DOCS_PLOT
     args.worker_counts = [int(n) for n in args.workers.split(",")]
+    args.part_list = [part.strip() for part in args.parts.split(",") if part.strip()]
+    unknown = set(args.part_list) - set(PARTS)
+    if unknown or not args.part_list:
+        parser.error(f"--parts: choose from {', '.join(PARTS)}")
     return args
 
 
@@ -809,6 +952,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.raw_engine:
         return run_raw_engine(args.processes, args.threads, args.models_dir)
+    # SIGTERM exits through sys.exit, so the finally blocks stop the servers and runners.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     args.stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -835,45 +980,51 @@ def main(argv=None) -> int:
                 path.unlink()
         log(f"{len(images)} images in {work / 'images'}")
 
-        log("saturation: raw engine vs server")
-        results["saturation"] = []
-        ordered = None
-        for workers in args.worker_counts:
-            entry, ordered = saturation(workers, max(1, cores // workers), images, ordered,
-                                        args, work, log)
-            results["saturation"].append(entry)
+        if "saturation" in args.part_list:
+            log("saturation: raw engine vs server")
+            results["saturation"] = []
+            ordered = None
+            for workers in args.worker_counts:
+                entry, ordered = saturation(workers, max(1, cores // workers), images, ordered,
+                                            args, work, log)
+                results["saturation"].append(entry)
 
         threads = max(1, cores // 2)
         results["scenario_threads"] = threads
-        log(f"scenarios at {args.clients} clients: 2 workers x {threads} thread(s)")
-        server = Server(work, "scenarios", 2, threads, [work / "images"])
-        try:
-            # Warm the workers on every image first, as the saturation servers were.
-            run_client(server, work / "images", "different", 6, len(images))
-            results["scenarios"] = scenarios(server, work / "images", same_image, args, log)
-        finally:
-            results["scenario_server_exit_code"] = server.stop()
+        if "scenarios" in args.part_list:
+            log(f"scenarios at {args.clients} clients: 2 workers x {threads} thread(s)")
+            server = Server(work, "scenarios", 2, threads, [work / "images"])
+            try:
+                # Warm the workers on every image first, as the saturation servers were.
+                run_client(server, work / "images", "different", 6, len(images))
+                results["scenarios"] = scenarios(server, work / "images", same_image, args, log)
+            finally:
+                results["scenario_server_exit_code"] = server.stop()
 
-        log(f"RSS over {args.mixed_requests} mixed requests")
-        results["rss"] = rss_run(work, images, args, log)
+        if "rss" in args.part_list:
+            log(f"RSS over {args.mixed_requests} mixed requests")
+            results["rss"] = rss_run(work, images, args, log)
     except BaseException:
         print(f"benchmark failed; server and runner logs kept in {work}", file=sys.stderr)
         raise
     results["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     results["elapsed_s"] = round(time.monotonic() - started, 1)
-    plot = args.out_dir / f"rss-{args.stamp}.png"
-    plot_rss(results["rss"], plot, f"ppocr-server RSS, 2 workers x {threads} thread(s), "
-             f"{results['machine']['cpu']}, {cores} cores")
-    if args.docs_plot:
-        shutil.copyfile(plot, args.docs_plot)
+    plot = None
+    if "rss" in results:
+        plot = args.out_dir / f"rss-{args.stamp}.png"
+        plot_rss(results["rss"], plot, f"ppocr-server RSS, 2 workers x {threads} thread(s), "
+                 f"{results['machine']['cpu']}, {cores} cores")
+        if args.docs_plot:
+            shutil.copyfile(plot, args.docs_plot)
     text = report(results)
     (args.out_dir / f"server-{args.stamp}.json").write_text(json.dumps(results, indent=1))
     (args.out_dir / f"server-{args.stamp}.md").write_text(text + "\n")
     shutil.rmtree(work, ignore_errors=True)
     print()
     print(text)
-    print(f"\nresults: {args.out_dir}/server-{args.stamp}.json, .md; plot {plot}"
-          + (f" (copied to {args.docs_plot})" if args.docs_plot else ""))
+    print(f"\nresults: {args.out_dir}/server-{args.stamp}.json, .md"
+          + (f"; plot {plot}" if plot else "")
+          + (f" (copied to {args.docs_plot})" if plot and args.docs_plot else ""))
     return 0
 
 
