@@ -2,15 +2,17 @@
 
 Same images, same model files (models/ppocr-v4), side by side in one run. Every engine
 configuration runs in its own fresh subprocess (this script with `--runner KIND`), so its import
-and model-load time are measured cleanly and its RSS is its own. A runner:
+and model-load time are measured cleanly and its RSS is its own. Per thread count:
 
-1. imports the engine and loads the models (timed; RSS after load);
-2. for each benchmark image: warm-up calls, then N timed calls on the same decoded BGR array
-   (median, min, p90; per-stage split where the engine reports one; the texts it read);
-3. reads 200 varied images (every full-pipeline image of ../shared/eval plus the benchmark page,
-   randomly cropped and rescaled with a fixed seed, so shapes keep changing) and reports RSS
-   after them, peak RSS (VmHWM), and the texts' digests, so the parent can tell on how many of
-   them each engine reads exactly what PaddleOCR reads.
+1. each runner imports its engine and loads the models (timed; RSS after load), one at a time;
+2. for each benchmark image: warm-up calls, then N rounds in which every engine makes one timed
+   call on the same decoded BGR array, in rotating order with a short pause between engines, so
+   a change in the machine's load (other jobs) hits every engine alike and the ratios hold;
+   median, min, p90, per-stage split where the engine reports one, the texts it read;
+3. each runner in turn reads 200 varied images (every full-pipeline image of ../shared/eval plus
+   the benchmark page, randomly cropped and rescaled with a fixed seed, so shapes keep changing)
+   and reports RSS after them, peak RSS (VmHWM), and digests of the texts, so the parent can tell
+   on how many of them each engine reads exactly what PaddleOCR reads.
 
 Images are decoded with cv2.imread once per runner from the same files (same OpenCV build in
 both environments), so decoding is not part of the compared latency; our own decoder
@@ -43,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 _PROCESS_START = time.perf_counter()
@@ -232,76 +235,111 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def run_runner(kind: str, threads: int, spec: dict) -> dict:
-    import cv2  # noqa: F401  (before the clock starts: every engine needs it)
+class Runner:
+    """One engine in its own process, driven by the parent one command at a time, so that the
+    parent can take the engines' samples in turn (load changes hit every engine alike)."""
 
-    out: dict = {"engine": kind, "threads": threads, "python": sys.executable,
-                 "rss_start": read_status()}
-    started = time.perf_counter()
-    import_engine(kind)
-    out["import_s"] = round(time.perf_counter() - started, 3)
-    started = time.perf_counter()
-    adapter = load_adapter(kind, threads)
-    out["load_s"] = round(time.perf_counter() - started, 3)
-    # from this script's first line: numpy/cv2 + engine imports + model load
-    out["ready_s"] = round(time.perf_counter() - _PROCESS_START, 3)
-    out["rss_after_load"] = read_status()
-    out["versions"] = engine_versions(kind)
+    def __init__(self, kind: str, threads: int, spec: dict) -> None:
+        import cv2  # before the clock starts: every engine needs it
 
-    images = []
-    for name, path in spec["images"]:
-        array = cv2.imread(path, cv2.IMREAD_COLOR)
-        if array is None:
-            raise SystemExit(f"cannot read benchmark image {path}")
-        images.append((name, path, array))
+        self.kind, self.threads, self.spec = kind, threads, spec
+        self.out: dict = {"engine": kind, "threads": threads, "python": sys.executable,
+                          "rss_start": read_status()}
+        started = time.perf_counter()
+        import_engine(kind)
+        self.out["import_s"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        self.adapter = load_adapter(kind, threads)
+        self.out["load_s"] = round(time.perf_counter() - started, 3)
+        # from this script's first line: numpy/cv2 + engine imports + model load
+        self.out["ready_s"] = round(time.perf_counter() - _PROCESS_START, 3)
+        self.out["rss_after_load"] = read_status()
+        self.out["versions"] = engine_versions(kind)
+        self.images = {}
+        for name, path in spec["images"]:
+            array = cv2.imread(path, cv2.IMREAD_COLOR)
+            if array is None:
+                raise SystemExit(f"cannot read benchmark image {path}")
+            self.images[name] = (path, array)
+        self.samples: dict[str, list] = {name: [] for name in self.images}
+        self.first_call_ms: dict[str, float] = {}
 
-    out["images"] = {}
-    for name, path, array in images:
-        first_ms, _, _, _ = timed_call(adapter, array)
-        for _ in range(spec["warmup"] - 1):
-            timed_call(adapter, array)
-        walls, cpus, stage_runs, texts_seen = [], [], [], set()
-        texts = []
-        for _ in range(spec["repeats"]):
-            wall, cpu, texts, stages = timed_call(adapter, array)
-            walls.append(wall)
-            cpus.append(cpu)
-            stage_runs.append(stages)
-            texts_seen.add(text_digest(texts))
-        entry = {
-            "shape": list(array.shape[:2]),
-            "first_call_ms": round(first_ms, 1),
-            "median_ms": round(statistics.median(walls), 1),
-            "min_ms": round(min(walls), 1),
-            "p90_ms": round(percentile(walls, 0.9), 1),
-            "samples_ms": [round(w, 1) for w in walls],
-            "cpu_per_wall": round(sum(cpus) / sum(walls), 2),
-            "stages_ms": {stage: round(statistics.median(run[stage] for run in stage_runs), 1)
-                          for stage in STAGES},
-            "texts": texts,
-            "stable_text": len(texts_seen) == 1,
-        }
-        if isinstance(adapter, OursAdapter):
-            with open(path, "rb") as handle:
-                entry["decode_ms"] = round(adapter.decode_ms(handle.read(), spec["repeats"]), 2)
-        out["images"][name] = entry
-        print(f"  {kind} t{threads} {name}: median {entry['median_ms']} ms", file=sys.stderr)
-    out["rss_after_bench"] = read_status()
+    def call(self, name: str, timed: bool) -> float:
+        wall, cpu, texts, stages = timed_call(self.adapter, self.images[name][1])
+        self.first_call_ms.setdefault(name, wall)
+        if timed:
+            self.samples[name].append((wall, cpu, texts, stages))
+        return wall
 
-    if spec["varied"]:
-        varied, digest = varied_images([Path(p) for p in spec["varied_paths"]], spec["varied"],
-                                       spec["seed"])
+    def varied(self) -> dict:
+        paths = [Path(p) for p in self.spec["varied_paths"]]
+        images, digest = varied_images(paths, self.spec["varied"], self.spec["seed"])
+        self.out["rss_after_bench"] = read_status()
         started = time.perf_counter()
         digests = []
-        for image in varied:
-            _, _, texts, _ = timed_call(adapter, image)
+        for image in images:
+            _, _, texts, _ = timed_call(self.adapter, image)
             digests.append(text_digest(texts))
-        out["varied"] = {"count": len(varied), "input_digest": digest,
-                         "seconds": round(time.perf_counter() - started, 2),
-                         "text_digests": digests, "rss_after": read_status()}
-        print(f"  {kind} t{threads} varied x{len(varied)}: {out['varied']['seconds']} s, "
-              f"RSS {out['varied']['rss_after']}", file=sys.stderr)
-    return out
+        self.out["varied"] = {"count": len(images), "input_digest": digest,
+                              "seconds": round(time.perf_counter() - started, 2),
+                              "text_digests": digests, "rss_after": read_status()}
+        return {k: v for k, v in self.out["varied"].items() if k != "text_digests"}
+
+    def finish(self) -> dict:
+        self.out.setdefault("rss_after_bench", read_status())
+        self.out["images"] = {}
+        for name, samples in self.samples.items():
+            if not samples:
+                continue
+            walls = [s[0] for s in samples]
+            entry = {
+                "shape": list(self.images[name][1].shape[:2]),
+                "first_call_ms": round(self.first_call_ms[name], 1),
+                "median_ms": round(statistics.median(walls), 1),
+                "min_ms": round(min(walls), 1),
+                "p90_ms": round(percentile(walls, 0.9), 1),
+                "samples_ms": [round(w, 1) for w in walls],
+                "cpu_per_wall": round(sum(s[1] for s in samples) / sum(walls), 2),
+                "stages_ms": {stage: round(statistics.median(s[3][stage] for s in samples), 1)
+                              for stage in STAGES},
+                "texts": samples[-1][2],
+                "stable_text": len({text_digest(s[2]) for s in samples}) == 1,
+            }
+            if isinstance(self.adapter, OursAdapter):
+                with open(self.images[name][0], "rb") as handle:
+                    entry["decode_ms"] = round(
+                        self.adapter.decode_ms(handle.read(), self.spec["repeats"]), 2)
+            self.out["images"][name] = entry
+        return self.out
+
+
+def serve_runner(kind: str, threads: int, spec: dict) -> int:
+    """Answers the parent's commands (JSON lines on stdin) with JSON lines on the real stdout;
+    whatever the engines print goes to stderr instead."""
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+
+    def reply(message: dict) -> None:
+        replies.write(json.dumps(message, ensure_ascii=False) + "\n")
+        replies.flush()
+
+    try:
+        runner = Runner(kind, threads, spec)
+        reply({"loaded": True, "load_s": runner.out["load_s"]})
+        for line in sys.stdin:
+            command = json.loads(line)
+            if command["op"] == "call":
+                reply({"ms": runner.call(command["image"], command["timed"])})
+            elif command["op"] == "varied":
+                reply(runner.varied())
+            elif command["op"] == "finish":
+                reply(runner.finish())
+                return 0
+    except Exception:  # the parent records the error and goes on with the other engines
+        import traceback
+        reply({"error": traceback.format_exc()})
+        return 1
+    return 0
 
 
 def engine_versions(kind: str) -> dict[str, str]:
@@ -353,32 +391,94 @@ def python_for(kind: str, args) -> str:
     return args.peer_python if kind == "paddleocr" else sys.executable
 
 
-def run_config(kind: str, threads: int, spec_file: Path, args) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
-        result_file = Path(handle.name)
-    env = dict(os.environ, GLOG_minloglevel="2",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    command = [python_for(kind, args), str(Path(__file__).resolve()), "--runner", kind,
-               "--runner-threads", str(threads), "--spec", str(spec_file),
-               "--result", str(result_file)]
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=None, text=True, timeout=args.runner_timeout)
-        if proc.returncode != 0:
-            return {"engine": kind, "threads": threads,
-                    "error": f"runner exited {proc.returncode}: {proc.stdout[-2000:]}"}
-        result = json.loads(result_file.read_text(encoding="utf-8"))
-    except subprocess.TimeoutExpired:
-        return {"engine": kind, "threads": threads,
-                "error": f"runner timed out after {args.runner_timeout} s"}
-    finally:
-        result_file.unlink(missing_ok=True)
-    result["wall_s"] = round(time.perf_counter() - started, 1)
-    result["loadavg_before"] = [round(x, 2) for x in load_before]
-    result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    return result
+def runner_env() -> dict[str, str]:
+    return dict(os.environ, GLOG_minloglevel="2",
+                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+class RunnerProcess:
+    """The parent's handle on one runner subprocess."""
+
+    def __init__(self, kind: str, threads: int, spec_file: Path, args) -> None:
+        self.kind, self.threads = kind, threads
+        self.error: str | None = None
+        self.load_before = os.getloadavg()
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [python_for(kind, args), str(Path(__file__).resolve()), "--runner", kind,
+             "--runner-threads", str(threads), "--spec", str(spec_file)],
+            cwd=ROOT, env=runner_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, encoding="utf-8")
+        self.receive()  # "loaded", or the error
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} t{self.threads}"
+
+    def receive(self) -> dict:
+        if self.error:
+            return {}
+        line = self.proc.stdout.readline()
+        message = json.loads(line) if line else {"error": "the runner exited without a reply"}
+        if "error" in message:
+            self.error = message["error"]
+            print(f"  {self.label}: ERROR\n{self.error}", file=sys.stderr)
+            self.proc.kill()
+            return {}
+        return message
+
+    def send(self, command: dict) -> dict:
+        if self.error:
+            return {}
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self.receive()
+
+    def finish(self) -> dict:
+        result = self.send({"op": "finish"})
+        self.proc.wait()
+        if self.error:
+            return {"engine": self.kind, "threads": self.threads, "error": self.error}
+        result["wall_s"] = round(time.perf_counter() - self.started, 1)
+        result["loadavg_before"] = [round(x, 2) for x in self.load_before]
+        result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        return result
+
+
+def run_group(engines: list[str], threads: int, spec: dict, spec_file: Path, args,
+              clock) -> list[dict]:
+    """Loads every engine at `threads` (one after the other), then takes their samples in
+    turn: per image, warm-up calls, then `repeats` rounds with one timed call per engine, the
+    order rotated each round. Between calls a short pause lets the previous engine's spinning
+    threads go to sleep. Then each engine reads the varied images, one engine at a time."""
+    runners = []
+    for kind in engines:
+        print(f"[{clock():6.0f} s] loading {kind}, {threads} thread(s)", file=sys.stderr)
+        runners.append(RunnerProcess(kind, threads, spec_file, args))
+    for name, _path in spec["images"]:
+        for runner in runners:
+            for _ in range(spec["warmup"]):
+                runner.send({"op": "call", "image": name, "timed": False})
+                time.sleep(args.pause)
+        timings: dict[str, list[float]] = {r.label: [] for r in runners}
+        for round_index in range(spec["repeats"]):
+            shift = round_index % len(runners)
+            for runner in runners[shift:] + runners[:shift]:
+                reply = runner.send({"op": "call", "image": name, "timed": True})
+                if reply:
+                    timings[runner.label].append(reply["ms"])
+                time.sleep(args.pause)
+        print(f"[{clock():6.0f} s] {name}, {threads} thread(s): " + ", ".join(
+            f"{label} {statistics.median(ms):.0f} ms" for label, ms in timings.items() if ms),
+            file=sys.stderr)
+    if spec["varied"] and threads in args.varied_thread_counts:
+        for runner in runners:
+            reply = runner.send({"op": "varied"})
+            if reply:
+                print(f"[{clock():6.0f} s] {runner.label} varied x{reply['count']}: "
+                      f"{reply['seconds']} s, RSS {reply['rss_after']['rss_mb']:.0f} MB",
+                      file=sys.stderr)
+    return [runner.finish() for runner in runners]
 
 
 def machine_info() -> dict:
@@ -401,6 +501,11 @@ def fmt(value, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def shared_lines(texts: list[str], reference: list[str]) -> int:
+    """How many of the reference's lines the engine also read (as a multiset, any order)."""
+    return sum((Counter(texts) & Counter(reference)).values())
+
+
 def report(results: list[dict], spec: dict) -> str:
     """Markdown tables: per image latency with ratios, then load time and memory."""
     ok = [r for r in results if "error" not in r]
@@ -421,8 +526,7 @@ def report(results: list[dict], spec: dict) -> str:
             ratio = f"{entry['median_ms'] / ref['median_ms']:.2f}x" if ref else "-"
             same = ("-" if ref is None or r["engine"] == REFERENCE
                     else "yes" if entry["texts"] == ref["texts"] else
-                    f"no ({sum(a == b for a, b in zip(entry['texts'], ref['texts']))}"
-                    f"/{len(ref['texts'])} lines)")
+                    f"no ({shared_lines(entry['texts'], ref['texts'])}/{len(ref['texts'])} lines)")
             stages = entry["stages_ms"]
             lines.append(
                 f"| {r['engine']} | {r['threads']} | {fmt(entry['median_ms'])} | "
@@ -478,18 +582,21 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per image first")
     parser.add_argument("--varied", type=int, default=200,
                         help="varied images run after the timed ones (0: skip)")
-    parser.add_argument("--varied-threads", default="1,2",
-                        help="thread counts whose runners also run the varied images")
+    parser.add_argument("--varied-threads", default="1",
+                        help="thread counts whose runners also run the varied images (default 1: "
+                             "a pool worker's share on a 2-core machine; 1,2 doubles the run time)")
     parser.add_argument("--seed", type=int, default=20240315)
     parser.add_argument("--images", default=None,
                         help="comma-separated names from: " + ", ".join(n for n, _ in BENCH_IMAGES))
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: the page only, 3 repeats, 20 varied images")
     parser.add_argument("--peer-python",
-                        default=os.environ.get("PEER_PYTHON", str(ROOT / ".venv-peer" / "bin" / "python")),
+                        default=os.environ.get("PEER_PYTHON",
+                                               str(ROOT / ".venv-peer" / "bin" / "python")),
                         help="python of the paddleocr environment (env PEER_PYTHON; "
                              "default .venv-peer/bin/python, built by `make peers`)")
-    parser.add_argument("--runner-timeout", type=int, default=1200)
+    parser.add_argument("--pause", type=float, default=0.25,
+                        help="seconds between two engines' calls (lets spinning threads sleep)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     parser.add_argument("--profile", metavar="ENGINE",
                         help="instead of the benchmark: cProfile ENGINE on the first image")
@@ -498,7 +605,6 @@ def main() -> int:
     parser.add_argument("--runner", help=argparse.SUPPRESS)
     parser.add_argument("--runner-threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.runner:
@@ -506,9 +612,7 @@ def main() -> int:
         if spec.get("profile"):
             run_profile(args.runner, args.runner_threads, spec, spec["profile_top"])
             return 0
-        result = run_runner(args.runner, args.runner_threads, spec)
-        args.result.write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
-        return 0
+        return serve_runner(args.runner, args.runner_threads, spec)
 
     if args.quick:
         args.repeats, args.varied = min(args.repeats, 3), min(args.varied, 20)
@@ -522,8 +626,10 @@ def main() -> int:
     images = [(n, p if os.path.isabs(p) else str(EVAL_DIR / p)) for n, p in BENCH_IMAGES
               if n in wanted]
     if not PAGE.is_file():
-        subprocess.run([sys.executable, str(HERE / "make_pages.py"), "--out", str(PAGE)], check=True)
-    if "paddleocr" in engines and not Path(args.peer_python).is_file():
+        subprocess.run([sys.executable, str(HERE / "make_pages.py"), "--out", str(PAGE)],
+                       check=True)
+    needs_peer = args.profile == "paddleocr" if args.profile else "paddleocr" in engines
+    if needs_peer and not Path(args.peer_python).is_file():
         parser.error(f"{args.peer_python} not found: run `make peers` or pass --peer-python")
 
     sys.path.insert(0, str(HERE))
@@ -541,33 +647,31 @@ def main() -> int:
             spec_file.write_text(json.dumps({**spec, "profile": True,
                                              "profile_top": args.profile_top}))
             threads = thread_counts[-1]
-            env = dict(os.environ, GLOG_minloglevel="2",
-                       PYTHONPATH=str(ROOT))
             return subprocess.run([python_for(args.profile, args), str(Path(__file__).resolve()),
                                    "--runner", args.profile, "--runner-threads", str(threads),
-                                   "--spec", str(spec_file)], cwd=ROOT, env=env).returncode
+                                   "--spec", str(spec_file)], cwd=ROOT,
+                                  env=runner_env()).returncode
 
-        varied_threads = {int(t) for t in args.varied_threads.split(",") if t}
+        spec_file.write_text(json.dumps(spec))
+        args.varied_thread_counts = {int(t) for t in args.varied_threads.split(",") if t}
         results = []
         started = time.time()
         load_start = os.getloadavg()
         for threads in thread_counts:
-            for kind in engines:
-                run_spec = dict(spec, varied=spec["varied"] if threads in varied_threads else 0)
-                spec_file.write_text(json.dumps(run_spec))
-                print(f"[{time.time() - started:6.0f} s] {kind}, {threads} thread(s) ...",
-                      file=sys.stderr)
-                results.append(run_config(kind, threads, spec_file, args))
+            results += run_group(engines, threads, spec, spec_file, args,
+                                 clock=lambda: time.time() - started)
     finally:
         spec_file.unlink(missing_ok=True)
 
     document = {
-        "generator": "bench/engine.py", "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "generator": "bench/engine.py",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "duration_s": round(time.time() - started, 1), "machine": machine_info(),
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "settings": {k: v for k, v in spec.items() if k != "varied_paths"}
-        | {"varied_threads": sorted(varied_threads), "varied_sources": len(spec["varied_paths"])},
+        | {"varied_threads": sorted(args.varied_thread_counts), "pause_s": args.pause,
+           "varied_sources": len(spec["varied_paths"])},
         "results": results,
     }
     out = args.out or RESULTS_DIR / f"engine-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -51,7 +51,8 @@ def find_font() -> str:
     for candidate in FONT_CANDIDATES:
         if Path(candidate).is_file():
             return candidate
-    raise SystemExit("no CJK font found; install one from Debian: apt-get install -y fonts-wqy-microhei")
+    raise SystemExit("no CJK font found; install one from Debian: "
+                     "apt-get install -y fonts-wqy-microhei")
 
 
 def render_page(font_path: str) -> Image.Image:
