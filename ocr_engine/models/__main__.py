@@ -1,0 +1,66 @@
+"""`python -m ocr_engine.models list|fetch|verify|fuse`: the model registry's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import ModelChecksumError, ModelNotFoundError
+from . import DEFAULT_MODELS_DIR, _set_entry, fetch, is_installed, load_manifest, verify
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ocr_engine.models",
+                                     description="List, fetch and verify PP-OCR model sets.")
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="show the sets in the manifest and what is installed")
+    fuse = sub.add_parser("fuse", help="fold a PP-LCNetV3 ONNX model's elementwise chains "
+                                       "into its convolutions (for custom models; see fusion.py)")
+    fuse.add_argument("source", type=Path)
+    fuse.add_argument("target", type=Path)
+    for verb in ("fetch", "verify"):
+        cmd = sub.add_parser(verb, help=f"{verb} model sets (default: the default set)")
+        cmd.add_argument("sets", nargs="*")
+        cmd.add_argument("--format", choices=("onnx", "paddle", "all"), default="onnx")
+        if verb == "fetch":
+            cmd.add_argument("--force", action="store_true", help="reinstall even if present")
+    args = parser.parse_args(argv)
+    if args.command == "fuse":
+        from ..fusion import fuse_file
+
+        stats = fuse_file(args.source, args.target)
+        print(f"{args.target}: {stats}")
+        return 0
+    manifest = load_manifest(args.models_dir)
+    if args.command == "list":
+        for name, entry in manifest["sets"].items():
+            state = ", ".join(
+                f"{fmt}: "
+                + ("installed" if is_installed(args.models_dir, name, fmt, manifest) else "missing")
+                for fmt in entry["formats"])
+            print(f"{name:16} {state}\n  {entry['description']}")
+        return 0
+    names = args.sets or [manifest["default"]]
+    status = 0
+    for name in names:
+        try:
+            formats = (list(_set_entry(manifest, name)["formats"]) if args.format == "all"
+                       else [args.format])
+            for fmt in formats:
+                if args.command == "fetch":
+                    target = fetch(name, fmt, args.models_dir, manifest, args.force)
+                    print(f"{name} ({fmt}): {target}")
+                else:
+                    problems = verify(name, fmt, args.models_dir)
+                    print(f"{name} ({fmt}): {'ok' if not problems else '; '.join(problems)}")
+                    status = status or (1 if problems else 0)
+        except (ModelNotFoundError, ModelChecksumError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
