@@ -111,6 +111,21 @@ def unclip(box: np.ndarray, ratio: float) -> list:
     return offset.Execute(distance)
 
 
+def scale_to_source(box: np.ndarray, width: int, height: int, src_width: int, src_height: int
+                    ) -> np.ndarray:
+    """Map coordinates (float32, as cv2.boxPoints gives them) -> rounded source pixels.
+
+    PaddleOCR's source size is a float64 array element, so its scaling runs in float32 (the
+    division) and then float64 (the product). In float32 throughout, a value near .5 can round
+    the other way and move a box edge by a pixel, enough to change what a small crop reads (a
+    benchmark image read 'g' where PaddleOCR reads 'q').
+    """
+    scaled = np.empty(box.shape, np.float64)
+    scaled[:, 0] = np.clip(np.round(box[:, 0] / width * np.float64(src_width)), 0, src_width)
+    scaled[:, 1] = np.clip(np.round(box[:, 1] / height * np.float64(src_height)), 0, src_height)
+    return scaled.astype(np.int32)
+
+
 def boxes_from_probability_map(prob: np.ndarray, src_height: int, src_width: int,
                                options: OcrOptions) -> tuple[np.ndarray, list[float]]:
     """DB post-processing of one (H, W) probability map; boxes in source-image pixels."""
@@ -136,9 +151,7 @@ def boxes_from_probability_map(prob: np.ndarray, src_height: int, src_width: int
         box, short_side = mini_box(np.array(expanded).reshape(-1, 1, 2))
         if short_side < MIN_BOX_SIDE + 2:
             continue
-        box[:, 0] = np.clip(np.round(box[:, 0] / width * src_width), 0, src_width)
-        box[:, 1] = np.clip(np.round(box[:, 1] / height * src_height), 0, src_height)
-        boxes.append(box.astype(np.int32))
+        boxes.append(scale_to_source(box, width, height, src_width, src_height))
         scores.append(score)
     return np.array(boxes, dtype=np.int32).reshape(-1, 4, 2), scores
 

@@ -27,7 +27,12 @@ from ocr_engine import (
     decode_image,
     parse_options,
 )
-from ocr_engine.det import DetPreprocess, boxes_from_probability_map, resize_for_detection
+from ocr_engine.det import (
+    DetPreprocess,
+    boxes_from_probability_map,
+    resize_for_detection,
+    scale_to_source,
+)
 from ocr_engine.geometry import crop_rotated, order_points_clockwise, sort_reading_order
 from ocr_engine.options import OPTION_NAMES
 from ocr_engine.rec import build_charset, ctc_greedy_decode, read_dictionary
@@ -69,6 +74,18 @@ def test_boxes_are_scaled_to_the_source_image() -> None:
     boxes, _ = boxes_from_probability_map(prob, 300, 800, DEFAULTS)  # map is 1/3 x 1/4 of it
     x0, y0, x1, y1 = expected_unclipped(50, 40, 149, 59)
     assert box_extent(boxes[0]) == pytest.approx((x0 * 4, y0 * 3, x1 * 4, y1 * 3), abs=4)
+
+
+@pytest.mark.parametrize("map_side, source_side, value, expected", [
+    (288, 291, 48.0, 49),   # 48.4999... in PaddleOCR's float32/float64 mix; 48 in float32 alone
+    (960, 1000, 84.0, 87),  # 87.4999... there; exactly 87.5 (rounds to 88) in float32 alone
+    (960, 1000, 12.0, 13),
+])
+def test_scaling_to_the_source_rounds_like_paddleocr(map_side, source_side, value,
+                                                     expected) -> None:
+    box = np.full((4, 2), value, np.float32)
+    scaled = scale_to_source(box, map_side, map_side, source_side, source_side)
+    assert scaled.dtype == np.int32 and (scaled == expected).all()
 
 
 def test_boxes_are_clipped_to_the_image() -> None:
