@@ -6,12 +6,15 @@ requests one worker is SIGKILLed. Checked at the end:
 - no unexpected 5xx (valid requests must answer 200, invalid ones their 4xx);
 - no hung request (every request ends within its client timeout);
 - every accepted non-blocking task is accounted for (polled to done or failed);
-- RSS of the server process and of the workers after warm-up versus at the end.
+- RSS of the server process and of the workers after warm-up versus at the end. The server's
+  bounded stores are set small here (200 cached results, 200 finished tasks) so they are full
+  by the end of the warm-up (the first 20% of requests): after that, growth would be a leak.
 
     .venv/bin/python bench/soak.py [--requests 5000] [--clients 32] [--kill-every 500]
 
-Then a burst of 10x what the server holds (workers + queue) at once: the excess must get 503 with
-Retry-After, the rest 200, and the server's RSS must not follow the load.
+Then two bursts, one after the other, of 10x what the server holds (workers + queue) at once: the
+excess must get 503 with Retry-After, the rest 200, and the second burst must not grow the
+server's RSS further than the first did (memory bounded, not following the load).
 
 Writes bench/results/soak-<timestamp>.json and prints a summary.
 """
@@ -126,6 +129,9 @@ class Soak:
                     self.unexpected.append(f"#{index} {kind}: got {status}, expected {ok}")
                 self.done += 1
                 kill = self.done % self.args.kill_every == 0
+                if self.done % 500 == 0:
+                    print(f"{self.done} requests, {len(self.unexpected)} unexpected",
+                          file=sys.stderr, flush=True)
             if kill:
                 self.kill_one_worker()
         conn.close()
@@ -250,6 +256,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=180)
     parser.add_argument("--queue-size", type=int, default=64)
+    parser.add_argument("--cache-size", type=int, default=200,
+                        help="service.img_number and service.max_tasks: small, so they fill "
+                             "during the warm-up")
     parser.add_argument("--no-overload", dest="overload", action="store_false",
                         help="skip the final 10x overload burst")
     args = parser.parse_args(argv)
@@ -261,7 +270,8 @@ def main(argv=None) -> int:
             "ocr": {"process": {"number": args.workers, "threads": 1,
                                 "queue_size": args.queue_size},
                     "predict_system": {"models_dir": str(ROOT / "models")}},
-            "service": {"filename_roots": [str(SAMPLES)], "img_number": 1000}}))
+            "service": {"filename_roots": [str(SAMPLES)], "img_number": args.cache_size,
+                        "max_tasks": args.cache_size}}))
         server = subprocess.Popen([sys.executable, "setup.py", "--config", str(config)],
                                   cwd=ROOT, stderr=subprocess.DEVNULL)
         try:
@@ -278,15 +288,23 @@ def main(argv=None) -> int:
             for thread in clients:
                 thread.join()
             wall = time.monotonic() - started
-            overload = overload_burst(port, server, args) if args.overload else None
-            stop.set()
+            stop.set()  # the soak's RSS series ends here; the bursts report their own
+            sampler.join()
+            overload = ([overload_burst(port, server, args) for _ in range(2)]
+                        if args.overload else None)
             server.send_signal(signal.SIGTERM)
             exit_code = server.wait(120)
         finally:
             if server.poll() is None:
                 server.kill()
-    warm = [s for s in soak.rss if s["done"] >= args.requests * 0.1]
+    warm = [s for s in soak.rss if s["done"] >= args.requests * 0.2]
     first, last = (warm[0], warm[-1]) if warm else ({}, {})
+    series, mark = [], 0
+    for sample in soak.rss:  # one sample per 250 requests, for the record
+        if sample["done"] >= mark:
+            series.append({"done": sample["done"], "parent_mb": round(sample["parent_mb"], 1),
+                           "workers_mb": [round(w, 1) for w in sample["workers_mb"]]})
+            mark = sample["done"] + 250
     result = {
         "requests": args.requests, "clients": args.clients, "workers": args.workers,
         "kill_every": args.kill_every, "workers_killed": soak.kills, "wall_s": round(wall, 1),
@@ -295,7 +313,8 @@ def main(argv=None) -> int:
         "hung": sum(v for k, v in soak.outcomes.items() if "hung" in k or "timeout" in k),
         "tasks": dict(collections.Counter(soak.tasks.values())),
         "max_latency_s": round(max(soak.latencies), 2), "server_exit_code": exit_code,
-        "rss_after_warmup": first, "rss_end": last,
+        "cache_size": args.cache_size, "rss_after_warmup": first, "rss_end": last,
+        "rss_series": series,
         "parent_rss_growth": (round(last["parent_mb"] / first["parent_mb"] - 1, 4)
                               if warm else None),
         "max_worker_mb": round(max((max(s["workers_mb"], default=0) for s in soak.rss),
@@ -306,11 +325,12 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k not in ("rss_after_warmup",
-                                                                    "rss_end")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items()
+                      if k not in ("rss_after_warmup", "rss_end", "rss_series")}, indent=1))
     print(f"results: {out}")
-    overload_ok = overload is None or (set(overload["statuses"]) <= {200, 503}
-                                       and not overload["retry_after_missing"])
+    overload_ok = overload is None or all(set(burst["statuses"]) <= {200, 503}
+                                          and not burst["retry_after_missing"]
+                                          for burst in overload)
     return 0 if not soak.unexpected and exit_code == 0 and overload_ok else 1
 
 
