@@ -12,9 +12,9 @@ requests one worker is SIGKILLed. Checked at the end:
 
     .venv/bin/python bench/soak.py [--requests 5000] [--clients 32] [--kill-every 500]
 
-Then two bursts, one after the other, of 10x what the server holds (workers + queue) at once: the
-excess must get 503 with Retry-After, the rest 200, and the second burst must not grow the
-server's RSS further than the first did (memory bounded, not following the load).
+Then bursts (3 by default), one after the other, of 10x what the server holds (workers + queue)
+at once: the excess must get 503 with Retry-After, the rest 200, and the server's RSS after each
+burst shows whether memory is bounded (levels off) or follows the load (grows burst by burst).
 
 Writes bench/results/soak-<timestamp>.json and prints a summary.
 """
@@ -259,8 +259,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-size", type=int, default=200,
                         help="service.img_number and service.max_tasks: small, so they fill "
                              "during the warm-up")
-    parser.add_argument("--no-overload", dest="overload", action="store_false",
-                        help="skip the final 10x overload burst")
+    parser.add_argument("--bursts", type=int, default=3,
+                        help="10x overload bursts after the soak (0: none)")
     args = parser.parse_args(argv)
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -290,8 +290,7 @@ def main(argv=None) -> int:
             wall = time.monotonic() - started
             stop.set()  # the soak's RSS series ends here; the bursts report their own
             sampler.join()
-            overload = ([overload_burst(port, server, args) for _ in range(2)]
-                        if args.overload else None)
+            overload = [overload_burst(port, server, args) for _ in range(args.bursts)]
             server.send_signal(signal.SIGTERM)
             exit_code = server.wait(120)
         finally:
@@ -328,7 +327,7 @@ def main(argv=None) -> int:
     print(json.dumps({k: v for k, v in result.items()
                       if k not in ("rss_after_warmup", "rss_end", "rss_series")}, indent=1))
     print(f"results: {out}")
-    overload_ok = overload is None or all(set(burst["statuses"]) <= {200, 503}
+    overload_ok = all(set(burst["statuses"]) <= {200, 503}
                                           and not burst["retry_after_missing"]
                                           for burst in overload)
     return 0 if not soak.unexpected and exit_code == 0 and overload_ok else 1
