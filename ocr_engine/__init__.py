@@ -2,12 +2,12 @@
 recognition) on onnxruntime or paddle.inference, as a plain library with no globals."""
 
 from .errors import (
-                     ImageTooLargeError,
-                     InvalidImageError,
-                     InvalidOptionError,
-                     ModelChecksumError,
-                     ModelNotFoundError,
-                     OcrError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidOptionError,
+    ModelChecksumError,
+    ModelNotFoundError,
+    OcrError,
 )
 from .image import decode_image
 from .models import ModelPaths, custom_model_paths, resolve_model_set

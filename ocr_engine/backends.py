@@ -68,7 +68,7 @@ class PaddleSession:
         config.enable_onednn()
         # oneDNN keeps kernels per input shape, and nearly every image brings new shapes (the
         # detector's input size, the recogniser's batch widths). A cache of 10 shapes held
-        # ~165 MB more after 200 varied images than a cache of 1 and saved no measurable time.
+        # ~160 MB more after 200 varied images than a cache of 1 and saved no measurable time.
         config.set_onednn_cache_capacity(1)
         config.set_cpu_math_library_num_threads(threads)
         config.enable_new_executor(True)
