@@ -21,7 +21,7 @@ from tornado.web import HTTPError
 
 from ocr_engine import OcrOptions
 
-from .errors import ApiError
+from .errors import ApiError, to_api_error
 from .pool import WorkerPool
 from .request import build_request, read_fields
 from .service import OcrService, request_key
@@ -29,10 +29,6 @@ from .worker import OcrJob
 
 log = logging.getLogger("ppocr.http")
 _TASK_ID = re.compile(r"^[0-9a-f]{64}$")
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden_path",
-                 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-                 415: "unsupported_media_type"}
-
 
 @dataclass
 class AppContext:
@@ -68,7 +64,7 @@ class BaseHandler(tornado.web.RequestHandler):
             header = self.request.headers.get("Authorization", "")
             given = header[7:] if header.startswith("Bearer ") else ""
             if not hmac.compare_digest(given.encode(), token.encode()):
-                raise ApiError(401, "unauthorized", "missing or wrong 'Authorization: Bearer' "
+                raise ApiError("unauthorized", "missing or wrong 'Authorization: Bearer' "
                                "token")
 
     def options(self, *args) -> None:  # CORS preflight
@@ -90,7 +86,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(json.dumps(body, ensure_ascii=False))
 
     def write_error(self, status_code: int, **kwargs) -> None:
-        error = _as_api_error(kwargs.get("exc_info", (None, None, None))[1], status_code)
+        error = to_api_error(kwargs.get("exc_info", (None, None, None))[1], status_code)
         self.set_status(error.status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         if error.retry_after is not None:
@@ -102,27 +98,13 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(json.dumps(body, ensure_ascii=False))
 
     def log_exception(self, typ, value, tb) -> None:
-        error = _as_api_error(value, 500)
+        error = to_api_error(value, 500)
         if error.status < 500 or isinstance(value, ApiError):
             log.warning("%d %s %s: %s", error.status, self.request.method, self.request.path,
                         error.message)
         else:
             log.error("%s %s failed", self.request.method, self.request.path,
                       exc_info=(typ, value, tb))
-
-
-def _as_api_error(exc: BaseException | None, status_code: int) -> ApiError:
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, HTTPError):
-        code = _STATUS_CODES.get(exc.status_code, "internal_error" if exc.status_code >= 500
-                                 else "bad_request")
-        message = exc.log_message % exc.args if exc.log_message else exc.reason or code
-        return ApiError(exc.status_code, code, str(message))
-    if status_code < 500:
-        return ApiError(status_code, _STATUS_CODES.get(status_code, "bad_request"),
-                        "bad request")
-    return ApiError(500, "internal_error", "internal server error")
 
 
 @tornado.web.stream_request_body
@@ -140,20 +122,20 @@ class OcrServiceHandler(BaseHandler):
         self.request.connection.set_max_body_size(self.ctx.max_body_size + 1)
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.ctx.max_body_size:
-            raise ApiError(413, "too_large", f"the request body is {length} bytes; the limit "
+            raise ApiError("too_large", f"the request body is {length} bytes; the limit "
                            f"is {self.ctx.max_body_size}")
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
         if self._size > self.ctx.max_body_size:
-            raise ApiError(413, "too_large", f"the request body exceeds the limit of "
+            raise ApiError("too_large", f"the request body exceeds the limit of "
                            f"{self.ctx.max_body_size} bytes")
         self._chunks.append(chunk)
 
     async def post(self) -> None:
         started = time.perf_counter()
         if self.ctx.draining:
-            raise ApiError(503, "shutting_down", "the server is shutting down", retry_after=5)
+            raise ApiError("shutting_down", "the server is shutting down")
         self.ctx.active_requests += 1
         self.ctx.idle.clear()
         try:
@@ -181,7 +163,7 @@ class OcrServiceHandler(BaseHandler):
             result, cached = await asyncio.wait_for(ctx.service.run(key, job),
                                                     ctx.request_timeout)
         except TimeoutError:
-            raise ApiError(504, "timeout", f"no result within {ctx.request_timeout:g} s; the "
+            raise ApiError("timeout", f"no result within {ctx.request_timeout:g} s; the "
                            "image is still being read and will be cached") from None
         self.send_json(done_body(key, result, cached, started))
 
@@ -191,10 +173,10 @@ class TaskHandler(BaseHandler):
 
     def get(self, task_id: str) -> None:
         if not _TASK_ID.match(task_id):
-            raise ApiError(404, "not_found", "no such task (ids are 64 hex characters)")
+            raise ApiError("not_found", "no such task (ids are 64 hex characters)")
         outcome = self.ctx.service.task(task_id)
         if outcome is None:
-            raise ApiError(404, "not_found", "no such task, or it has expired")
+            raise ApiError("not_found", "no such task, or it has expired")
         if outcome.error is not None:
             self.task_id = task_id
             raise outcome.error
@@ -223,7 +205,7 @@ class ReadyHandler(BaseHandler):
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
-        raise ApiError(404, "not_found", f"no such endpoint: {self.request.path[:100]}")
+        raise ApiError("not_found", f"no such endpoint: {self.request.path[:100]}")
 
 
 def done_body(key: str, result: dict, cached: bool, started: float | None = None) -> dict:

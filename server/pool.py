@@ -94,19 +94,18 @@ class Worker:
 
 class PoolClosed(ApiError):
     def __init__(self) -> None:
-        super().__init__(503, "shutting_down", "the server is shutting down", retry_after=5)
+        super().__init__("shutting_down", "the server is shutting down")
 
 
 class QueueFull(ApiError):
     def __init__(self, size: int) -> None:
-        super().__init__(503, "queue_full", f"all workers are busy and {size} requests are "
-                         "already waiting; retry later", retry_after=1)
+        super().__init__("queue_full", f"all workers are busy and {size} requests are "
+                         "already waiting; retry later")
 
 
 class Unavailable(ApiError):
     def __init__(self) -> None:
-        super().__init__(503, "unavailable", "no OCR worker is running right now; retry later",
-                         retry_after=2)
+        super().__init__("unavailable", "no OCR worker is running right now; retry later")
 
 
 class PoolBootError(RuntimeError):
@@ -311,8 +310,7 @@ class WorkerPool:
                 log.warning("retrying job %d on another worker", job.id)
                 self._queue.appendleft(job)
             else:
-                self._settle(job, error=ApiError(
-                    500, "worker_crashed", f"the OCR worker died while reading this image "
+                self._settle(job, error=ApiError("worker_crashed", f"the OCR worker died while reading this image "
                     f"({_describe_exit(exitcode)}), {job.attempts} time(s)"))
         if worker.state is State.BOOTING:
             self._boot_deaths += 1
@@ -339,8 +337,7 @@ class WorkerPool:
         log.warning("job %d timed out after %.0f s; killing worker %d (pid %d)", job.id,
                     self.config.task_timeout, worker.id, worker.pid)
         worker.job = None  # the job ends here: no retry, a hung image would hang again
-        self._settle(job, error=ApiError(
-            504, "timeout", f"reading the image took longer than {self.config.task_timeout:g} s"))
+        self._settle(job, error=ApiError("timeout", f"reading the image took longer than {self.config.task_timeout:g} s"))
         self._kill(worker, "timed out")
 
     # -- helpers --------------------------------------------------------------------------
@@ -373,7 +370,7 @@ class WorkerPool:
         elif isinstance(error, BaseException):
             job.future.set_exception(error)
         else:
-            job.future.set_exception(_error_from_worker(error))
+            job.future.set_exception(ApiError.from_info(error))
 
     def _stop(self, worker: Worker, reason: str) -> None:
         """Asks an idle worker to exit after it has finished what it is doing."""

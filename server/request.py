@@ -55,12 +55,12 @@ def read_fields(content_type: str, body: bytes, query: dict[str, list[bytes]]
         try:
             data = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, "bad_request", f"the body is not valid JSON: {exc}") from None
+            raise ApiError("bad_request", f"the body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise ApiError(400, "bad_request", "the JSON body must be an object")
+            raise ApiError("bad_request", "the JSON body must be an object")
         return data, files
     if media_type not in ("", "application/x-www-form-urlencoded", "multipart/form-data"):
-        raise ApiError(415, "unsupported_media_type",
+        raise ApiError("unsupported_media_type",
                        f"content type {clip(media_type, 60)} is not supported; send "
                        "multipart/form-data, application/x-www-form-urlencoded or "
                        "application/json")
@@ -69,17 +69,17 @@ def read_fields(content_type: str, body: bytes, query: dict[str, list[bytes]]
         try:
             parse_body_arguments(content_type, body, raw, files)
         except HTTPInputError as exc:
-            raise ApiError(400, "bad_request", f"the body could not be parsed: "
+            raise ApiError("bad_request", f"the body could not be parsed: "
                            f"{clip(str(exc), 120)}") from None
         if media_type == "multipart/form-data" and not raw and not files:
-            raise ApiError(400, "bad_request", "the multipart body could not be parsed "
+            raise ApiError("bad_request", "the multipart body could not be parsed "
                            "(check the boundary and the parts)")
     fields: dict[str, Any] = {}
     for name, values in raw.items():
         try:
             fields[name] = values[-1].decode("utf-8")
         except UnicodeDecodeError:
-            raise ApiError(400, "invalid_field",
+            raise ApiError("invalid_field",
                            f"field {clip(name, 40)} is not valid UTF-8") from None
     return fields, files
 
@@ -89,26 +89,26 @@ def build_request(fields: dict[str, Any], files: dict[str, list[HTTPFile]],
                   roots: tuple[Path, ...], max_bytes: int) -> OcrRequest:
     unknown = [name for name in fields if name not in CONTROL_FIELDS + REQUEST_OPTIONS]
     if unknown:
-        raise ApiError(400, "invalid_field", f"unknown field {clip(str(unknown[0]), 40)}; "
+        raise ApiError("invalid_field", f"unknown field {clip(str(unknown[0]), 40)}; "
                        f"fields: {', '.join(CONTROL_FIELDS + REQUEST_OPTIONS)}")
     file_type = fields.get("file_type")
     if file_type is None:
         # Friendly default: an upload or a base64 string says what it is.
         file_type = "file" if "file" in files else "base64" if "img_src" in fields else None
     if file_type not in FILE_TYPES:
-        raise ApiError(400, "missing_field" if file_type is None else "invalid_field",
+        raise ApiError("missing_field" if file_type is None else "invalid_field",
                        "file_type must be one of file, filename, base64"
                        + ("" if file_type is None else f"; got {clip(str(file_type), 40)}"))
     block = _block_flag(fields.get("block_flag", True))
     model = fields.get("model", default_model)
     if not isinstance(model, str) or model not in models:
-        raise ApiError(400, "unknown_model", f"model {clip(str(model), 40)} is not loaded; "
+        raise ApiError("unknown_model", f"model {clip(str(model), 40)} is not loaded; "
                        f"loaded: {', '.join(models)}")
     try:
         options = parse_options({k: v for k, v in fields.items() if k in REQUEST_OPTIONS},
                                 defaults)
     except InvalidOptionError as exc:
-        raise ApiError(400, "invalid_option", str(exc)) from None
+        raise ApiError("invalid_option", str(exc)) from None
     if file_type == "file":
         image = _upload(files)
     elif file_type == "base64":
@@ -116,9 +116,9 @@ def build_request(fields: dict[str, Any], files: dict[str, list[HTTPFile]],
     else:
         image = read_sandboxed(fields.get("filename", fields.get("img_src")), roots, max_bytes)
     if not image:
-        raise ApiError(415, "invalid_image", "the image is empty (0 bytes)")
+        raise ApiError("invalid_image", "the image is empty (0 bytes)")
     if len(image) > max_bytes:
-        raise ApiError(413, "too_large", f"the image is {len(image)} bytes; the limit is "
+        raise ApiError("too_large", f"the image is {len(image)} bytes; the limit is "
                        f"{max_bytes}")
     return OcrRequest(file_type, image, options, model, block)
 
@@ -132,13 +132,13 @@ def _block_flag(value: Any) -> bool:
         return True
     if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
         return False
-    raise ApiError(400, "invalid_field", "block_flag must be true or false")
+    raise ApiError("invalid_field", "block_flag must be true or false")
 
 
 def _upload(files: dict[str, list[HTTPFile]]) -> bytes:
     uploads = files.get("file")
     if not uploads:
-        raise ApiError(400, "missing_field", "file_type=file needs a multipart file field "
+        raise ApiError("missing_field", "file_type=file needs a multipart file field "
                        "named 'file'")
     return uploads[0]["body"]
 
@@ -146,17 +146,17 @@ def _upload(files: dict[str, list[HTTPFile]]) -> bytes:
 def decode_base64(value: Any) -> bytes:
     """Raw base64 (standard or URL-safe alphabet, padding optional) or a data: URL."""
     if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, "missing_field", "file_type=base64 needs the base64 image in "
+        raise ApiError("missing_field", "file_type=base64 needs the base64 image in "
                        "'img_src'")
     text = value.strip()
     match = _DATA_URL.match(text)
     if match:
         media_type = (match.group(1) or "text/plain").lower()
         if not media_type.startswith("image/"):
-            raise ApiError(415, "invalid_image", f"the data URL says {clip(media_type, 40)}, "
+            raise ApiError("invalid_image", f"the data URL says {clip(media_type, 40)}, "
                            "not an image type")
         if not match.group(3):
-            raise ApiError(400, "invalid_field", "the data URL must be base64-encoded")
+            raise ApiError("invalid_field", "the data URL must be base64-encoded")
         text = text[match.end():]
     compact = re.sub(r"\s+", "", text)
     compact += "=" * (-len(compact) % 4)
@@ -165,7 +165,7 @@ def decode_base64(value: Any) -> bytes:
             return base64.b64decode(compact, altchars=b"-_", validate=True)
         return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid_field", "img_src is not valid base64") from None
+        raise ApiError("invalid_field", "img_src is not valid base64") from None
 
 
 def read_sandboxed(name: Any, roots: tuple[Path, ...], max_bytes: int) -> bytes:
@@ -175,12 +175,12 @@ def read_sandboxed(name: Any, roots: tuple[Path, ...], max_bytes: int) -> bytes:
     where a path outside the roots points.
     """
     if not roots:
-        raise ApiError(403, "forbidden_path", "file_type=filename is disabled: the server has "
+        raise ApiError("forbidden_path", "file_type=filename is disabled: the server has "
                        "no service.filename_roots configured")
     if not isinstance(name, str) or not name:
-        raise ApiError(400, "missing_field", "file_type=filename needs the path in 'filename'")
+        raise ApiError("missing_field", "file_type=filename needs the path in 'filename'")
     if "\0" in name or len(name) > 4096:
-        raise ApiError(400, "invalid_field", "filename contains a NUL byte or is too long")
+        raise ApiError("invalid_field", "filename contains a NUL byte or is too long")
     candidates = [Path(name)] if os.path.isabs(name) else [root / name for root in roots]
     inside = None
     for candidate in candidates:
@@ -193,24 +193,24 @@ def read_sandboxed(name: Any, roots: tuple[Path, ...], max_bytes: int) -> bytes:
             if real.exists():
                 break
     if inside is None:
-        raise ApiError(403, "forbidden_path", f"{clip(name)} is outside the allowed folders")
+        raise ApiError("forbidden_path", f"{clip(name)} is outside the allowed folders")
     try:
         info = os.stat(inside)
     except FileNotFoundError:
-        raise ApiError(404, "file_not_found", f"no such file: {clip(name)}") from None
+        raise ApiError("file_not_found", f"no such file: {clip(name)}") from None
     except (OSError, ValueError):
-        raise ApiError(400, "invalid_field", f"cannot read {clip(name)}") from None
+        raise ApiError("invalid_field", f"cannot read {clip(name)}") from None
     if not stat.S_ISREG(info.st_mode):
         # A FIFO or device would block or never end; a directory is not an image.
-        raise ApiError(400, "invalid_field", f"{clip(name)} is not a regular file")
+        raise ApiError("invalid_field", f"{clip(name)} is not a regular file")
     if info.st_size > max_bytes:
-        raise ApiError(413, "too_large", f"the file is {info.st_size} bytes; the limit is "
+        raise ApiError("too_large", f"the file is {info.st_size} bytes; the limit is "
                        f"{max_bytes}")
     try:
         fd = os.open(inside, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
-        raise ApiError(403, "forbidden_path", f"cannot open {clip(name)}") from None
+        raise ApiError("forbidden_path", f"cannot open {clip(name)}") from None
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise ApiError(400, "invalid_field", f"{clip(name)} is not a regular file")
+            raise ApiError("invalid_field", f"{clip(name)} is not a regular file")
         return handle.read(max_bytes + 1)

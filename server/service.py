@@ -110,11 +110,11 @@ class OcrService:
         def settle(done: asyncio.Future) -> None:
             del self._inflight[key]
             if done.cancelled():
-                outcome = Outcome(error=ApiError(500, "internal_error", "the run was cancelled"))
+                outcome = Outcome(error=ApiError("internal_error", "the run was cancelled"))
             elif done.exception() is not None:
                 error = done.exception()
                 if not isinstance(error, ApiError):
-                    error = ApiError(500, "internal_error", f"{type(error).__name__}: {error}")
+                    error = ApiError("internal_error", f"{type(error).__name__}: {error}")
                 outcome = Outcome(error=error)
             else:
                 outcome = Outcome(result=done.result())

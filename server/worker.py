@@ -16,7 +16,7 @@ from typing import Any
 
 from ocr_engine import EngineConfig, ModelPaths, OcrEngine, OcrOptions
 
-from .errors import error_to_dict
+from .errors import error_info
 
 
 def run_worker(conn, factory: Callable[[Any], Callable[[Any], Any]], spec: Any) -> None:
@@ -38,7 +38,7 @@ def run_worker(conn, factory: Callable[[Any], Callable[[Any], Any]], spec: Any) 
         try:
             reply = ("result", job_id, True, handler(payload))
         except Exception as exc:  # noqa: BLE001 - one bad job must not end the worker
-            reply = ("result", job_id, False, error_to_dict(exc))
+            reply = ("result", job_id, False, error_info(exc))
         conn.send(reply)
 
 

@@ -50,7 +50,7 @@ def test_jobs_run_on_every_worker_and_errors_stay_per_job():
             assert {r["pid"] for r in results} == set(pool.worker_pids())
             with pytest.raises(ApiError) as failure:
                 await pool.submit({"kind": "raise"})
-            assert failure.value.status == 500 and "always fails" in failure.value.message
+            assert failure.value.status == 500 and "always fails" in failure.value.info.details
             # The failing job did not take its worker down.
             after = await asyncio.gather(*(pool.submit({"kind": "echo"}) for _ in range(4)))
             assert {r["pid"] for r in after} <= {r["pid"] for r in results}
