@@ -42,6 +42,14 @@ class WebServerConfig:
                               "(empty = CORS off; '*' = any)")
     request_timeout: float = _key(120.0, "seconds a blocking request may wait for its result "
                                   "before 504", low=1, high=3600)
+    max_connections: int = _key(10000, "open connections at most; past it a new connection "
+                                "gets an immediate 503 too_many_connections (the open-file "
+                                "limit is raised at start to fit)", low=1, high=1_000_000)
+    header_timeout: float = _key(15.0, "seconds a connection may take to send a request's "
+                                 "headers, and may stay idle between requests", low=0.1,
+                                 high=3600)
+    body_timeout: float = _key(60.0, "seconds a request's body may take to arrive in full",
+                               low=0.1, high=3600)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,13 @@ class ProcessConfig:
                            low=1, high=100000)
     boot_timeout: float = _key(180.0, "seconds a worker may take to load and warm up",
                                low=1, high=3600)
+    ping_interval: float = _key(5.0, "seconds between liveness pings to an idle worker",
+                                low=0.1, high=3600)
+    ping_timeout: float = _key(10.0, "seconds a worker may take to answer a ping or take a job "
+                               "before it is killed and replaced", low=0.1, high=3600)
+    max_worker_rss_mb: int = _key(2048, "a worker whose resident memory after a job passes "
+                                  "this many MB is replaced (like max_task_number, no request "
+                                  "is lost); 0 = never", low=0, high=1 << 20)
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,9 @@ class PredictSystemConfig:
     cls_thresh: float = _key(0.9, "classifier score needed to turn a line 180 degrees",
                              low=0, high=1)
     drop_score: float = _key(0.5, "lines scoring below this are dropped", low=0, high=1)
+
+    def engine_limits(self):  # TODO(engine limits): wire to ocr_engine's limits
+        return None
 
     def default_options(self) -> OcrOptions:
         names = {f.name for f in dataclasses.fields(OcrOptions)}

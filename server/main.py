@@ -10,17 +10,19 @@ import asyncio
 import logging
 import signal
 import sys
-from pathlib import Path
-
-from tornado.httpserver import HTTPServer
 
 from ocr_engine import ModelNotFoundError, custom_model_paths, resolve_model_set
 
-from .app import AppContext, make_app
+from .app import make_app
 from .config import Config
-from .pool import PoolBootError, PoolConfig, WorkerPool
+from .handlers.base import AppContext, HttpPolicy, Lifecycle, Services
+from .http import GuardedHTTPServer, raise_fd_limit
+from .ocr_worker import boot
+from .pool import Lane, PoolBootError, PoolConfig, WorkerPool
+from .protocol import EngineSpec
+from .request import RequestPolicy
 from .service import OcrService
-from .worker import EngineSpec, OcrHandler
+from .store.memory import MemoryResultCache, MemoryTaskStore
 
 log = logging.getLogger("ppocr")
 
@@ -45,28 +47,46 @@ def build_engine_spec(config: Config) -> EngineSpec:
         models[system.model] = resolve_model_set(system.model, system.backend, models_dir)
     for name in system.models:
         models[name] = resolve_model_set(name, system.backend, models_dir)
-    return EngineSpec(models=models, threads=config.threads_per_worker,
+    return EngineSpec(models=models, backend=system.backend, threads=config.threads_per_worker,
                       max_pixels=system.max_pixels, rec_batch_size=system.rec_batch_num,
-                      cls_batch_size=system.cls_batch_num, defaults=system.default_options())
+                      cls_batch_size=system.cls_batch_num, defaults=system.default_options(),
+                      limits=system.engine_limits())
 
 
 def pool_config(config: Config) -> PoolConfig:
     process = config.ocr.process
     return PoolConfig(size=process.number, max_tasks=process.max_task_number,
                       task_timeout=process.task_timeout, queue_size=process.queue_size,
-                      boot_timeout=process.boot_timeout)
+                      boot_timeout=process.boot_timeout, ping_interval=process.ping_interval,
+                      ping_timeout=process.ping_timeout,
+                      max_worker_rss_mb=process.max_worker_rss_mb)
 
 
 def build_context(config: Config, pool: WorkerPool, spec: EngineSpec) -> AppContext:
-    service = OcrService(pool.submit, config.service.img_number, config.service.time,
-                         config.service.task_ttl, config.service.max_tasks)
+    service_config = config.service
+    ocr = OcrService(lambda job, request_id: pool.submit(job, Lane.INTERACTIVE, request_id),
+                     MemoryResultCache(service_config.img_number, service_config.time),
+                     MemoryTaskStore(service_config.max_tasks, service_config.task_ttl))
     web = config.web_server
-    return AppContext(
-        pool=pool, service=service, defaults=spec.defaults,
-        default_model=config.ocr.predict_system.model, models=tuple(spec.models),
-        filename_roots=tuple(config.resolve(root) for root in config.service.filename_roots),
-        max_body_size=web.max_body_size, request_timeout=web.request_timeout,
-        api_token=web.api_token, cors_origins=tuple(web.cors_origins))
+    requests = RequestPolicy(
+        defaults=spec.defaults, default_model=config.ocr.predict_system.model,
+        models=tuple(spec.models),
+        filename_roots=tuple(config.resolve(root) for root in service_config.filename_roots),
+        max_body_size=web.max_body_size)
+    return AppContext(http=HttpPolicy(api_token=web.api_token,
+                                      cors_origins=tuple(web.cors_origins),
+                                      request_timeout=web.request_timeout),
+                      requests=requests, lifecycle=Lifecycle(),
+                      services=Services(pool=pool, ocr=ocr))
+
+
+def build_http_server(config: Config, context: AppContext) -> GuardedHTTPServer:
+    web = config.web_server
+    return GuardedHTTPServer(make_app(context), max_connections=raise_fd_limit(web.max_connections),
+                             idle_connection_timeout=web.header_timeout,
+                             body_timeout=web.body_timeout,
+                             # Each handler enforces its own body limit (a JSON 413).
+                             max_body_size=1 << 62)
 
 
 async def serve(config: Config) -> int:
@@ -80,7 +100,7 @@ async def serve(config: Config) -> int:
         exit_code = EXIT_BOOT_FAILURE
         loop.call_soon(stop.set)
 
-    pool = WorkerPool(OcrHandler, spec, pool_config(config), on_fatal=on_fatal)
+    pool = WorkerPool(boot, spec, pool_config(config), on_fatal=on_fatal)
     log.info("starting %d workers (%d threads each, backend %s, models %s)",
              config.ocr.process.number, spec.threads, config.ocr.predict_system.backend,
              ", ".join(spec.models))
@@ -90,8 +110,7 @@ async def serve(config: Config) -> int:
         log.error("cannot start: %s", exc)
         return EXIT_BOOT_FAILURE
     context = build_context(config, pool, spec)
-    server = HTTPServer(make_app(context), max_body_size=config.web_server.max_body_size + 1,
-                        idle_connection_timeout=60)
+    server = build_http_server(config, context)
     server.listen(config.web_server.port, config.web_server.address)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -99,13 +118,14 @@ async def serve(config: Config) -> int:
              config.web_server.port)
     await stop.wait()
     log.info("shutting down: no new requests; finishing the accepted ones")
-    context.draining = True
+    lifecycle = context.lifecycle
+    lifecycle.draining = True
     server.stop()
     await pool.close(timeout=config.ocr.process.task_timeout)
-    if context.active_requests:
+    if lifecycle.active_requests:
         # Let handlers whose results just arrived write their responses.
         try:
-            await asyncio.wait_for(context.idle.wait(), timeout=5)
+            await asyncio.wait_for(lifecycle.idle.wait(), timeout=5)
         except TimeoutError:
             pass
     await server.close_all_connections()
@@ -123,4 +143,5 @@ def run(config: Config) -> int:
         return EXIT_BOOT_FAILURE
 
 
-__all__ = ["run", "serve", "build_engine_spec", "build_context", "pool_config", "Path"]
+__all__ = ["run", "serve", "build_engine_spec", "build_context", "build_http_server",
+           "pool_config"]

@@ -1,20 +1,34 @@
 """A supervised pool of worker processes, parent side.
 
-Model: one process per worker, one duplex pipe each, and all bookkeeping in the parent on the
-IOLoop thread, so nothing here needs a lock. The loop watches each worker's pipe (messages) and
-its process sentinel (death) with `add_reader`: a dead worker is noticed at once, with no polling.
+Model: one process per worker, one socket each (framed messages, `protocol`), and all
+bookkeeping in the parent on the IOLoop thread, so nothing here needs a lock. The loop watches
+each worker's socket (messages, non-blocking in both directions) and its process sentinel
+(death) with `add_reader`: a dead worker is noticed at once, with no polling, and a worker that
+stops reading can never block the loop. After every event one step, `_reconcile`, retires
+recycled workers, tops the pool up to its size and dispatches.
 
-- Dispatch: jobs wait in a bounded FIFO; an idle worker gets the next one. A full queue refuses
-  new jobs (QueueFull -> 503) instead of growing without bound; with no worker alive at all,
-  new jobs are refused (Unavailable -> 503) until one is back.
-- Timeouts: every dispatched job arms a timer. When it fires the worker is killed (SIGKILL), the
-  job fails with a timeout (504) and a fresh worker replaces the old one.
+- Dispatch: jobs wait in two bounded FIFO lanes. The interactive lane always goes first; the
+  background lane (folder-job items) is dispatched only when no interactive job waits, and
+  holds at most `background_workers` workers at once. A full lane refuses new jobs (QueueFull
+  -> 503) instead of growing without bound; with no worker alive, new jobs are refused
+  (Unavailable -> 503) until one is back.
+- Hand-over: a worker answers `Started` as soon as it takes a job. One that has not within
+  `ping_timeout` (stopped, wedged) is killed and replaced, and its job goes back to the front of
+  its lane: it never ran, so this is not one of its retries.
+- Liveness: an idle worker is pinged every `ping_interval`; one that does not answer within
+  `ping_timeout` is killed and replaced. Only workers that answer count as ready.
+- Timeouts: every dispatched job arms a timer that covers the hand-over too. When it fires the
+  worker is killed (SIGKILL), the job fails with JobTimedOut (504) and a fresh worker replaces
+  the old one.
 - Crashes: a worker that dies mid-job is replaced and its job is retried once on another worker;
-  a second death fails the job (worker_crashed). A poison image therefore costs two workers, never
-  a hung client.
-- Recycling: after `max_tasks` jobs (plus a random jitter so workers do not restart together) a
-  replacement is started; the old worker keeps serving until the new one is ready, then finishes
-  its current job and exits. No job is lost and capacity never dips.
+  a second death fails the job (WorkerCrashed). A poison image costs two workers, never a hung
+  client.
+- Recycling: after `max_tasks` jobs (plus a random jitter so workers do not restart together),
+  or when its resident memory after a job passes `max_worker_rss_mb`, a replacement is started;
+  the old worker keeps serving until the new one is ready, then finishes its current job and
+  exits. No job is lost and capacity never dips.
+- Spawning: a worker that cannot be started (EMFILE, ENOMEM, ...) is retried with exponential
+  backoff for as long as it takes; the failure is logged once per interval.
 - Boot: workers load and warm up before they report ready. A boot error (missing models, say)
   or repeated deaths before ready halt the pool through `on_fatal`, rather than crash-looping.
 
@@ -38,13 +52,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import worker as worker_module
-from .errors import ApiError
+from . import protocol
+from .errors import ErrorInfo
+from .logs import Throttled
+from .worker import run_worker
 
 log = logging.getLogger("ppocr.pool")
 
 # Consecutive deaths before "ready" (without a boot_error message) that count as a boot failure.
 MAX_BOOT_DEATHS = 3
+# Hand-overs a job may lose to unresponsive workers before it fails as unavailable.
+MAX_HANDOVERS = 2
+SPAWN_BACKOFF_FIRST, SPAWN_BACKOFF_MAX = 0.1, 10.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,19 @@ class PoolConfig:
     queue_size: int = 64
     boot_timeout: float = 180.0
     retries: int = 1
+    ping_interval: float = 5.0
+    ping_timeout: float = 10.0
+    max_worker_rss_mb: int = 0  # 0: no memory-based recycling
+    background_workers: int = 0  # 0: all workers but one (one when the pool has one)
+
+    @property
+    def background_cap(self) -> int:
+        return self.background_workers or max(1, self.size - 1)
+
+
+class Lane(enum.IntEnum):
+    INTERACTIVE = 0
+    BACKGROUND = 1
 
 
 class State(enum.Enum):
@@ -64,14 +96,88 @@ class State(enum.Enum):
     STOPPING = "stopping"
 
 
+# Why a worker ended (worker_exited's `reason`).
+RECYCLED, MEMORY, CRASHED, TIMED_OUT, UNRESPONSIVE, BOOT_FAILURE, SHUTDOWN = (
+    "recycled", "memory", "crashed", "timed_out", "unresponsive", "boot_failure", "shutdown")
+
+
+# --- errors the pool raises (the server maps them to HTTP, server/errors.py) --------------------
+
+
+class PoolError(Exception):
+    code = "internal_error"
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class PoolClosed(PoolError):
+    code = "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down")
+
+
+class QueueFull(PoolError):
+    code = "queue_full"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"all workers are busy and {size} requests are already waiting; "
+                         "retry later")
+
+
+class Unavailable(PoolError):
+    code = "unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("no OCR worker is running right now; retry later")
+
+
+class WorkerCrashed(PoolError):
+    code = "worker_crashed"
+
+
+class JobTimedOut(PoolError):
+    code = "timeout"
+
+
+class JobFailed(PoolError):
+    """The handler raised inside the worker; `info` is what it sent."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+        self.code = info.code
+
+
+class PoolBootError(RuntimeError):
+    """Workers cannot start; the message says why (it is shown to the operator)."""
+
+
+# --- bookkeeping --------------------------------------------------------------------------------
+
+
 @dataclass
-class Job:
+class PoolJob:
     id: int
     payload: Any
     future: asyncio.Future
+    lane: Lane
+    request_id: str | None = None
     attempts: int = 0
+    handovers: int = 0
+    started: bool = False
+    dispatched_at: float = 0.0
     timer: asyncio.TimerHandle | None = None
+    handover_timer: asyncio.TimerHandle | None = None
     worker: Worker | None = None
+
+    def cancel_timers(self) -> None:
+        for timer in (self.timer, self.handover_timer):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.handover_timer = None
 
 
 @dataclass
@@ -79,37 +185,39 @@ class Worker:
     id: int
     process: multiprocessing.process.BaseProcess
     conn: Any
+    channel: protocol.Channel
     task_limit: int
     pid: int
     state: State = State.BOOTING
-    job: Job | None = None
+    job: PoolJob | None = None
     tasks_done: int = 0
+    rss_bytes: int = 0
     # Set when the pool itself ends the worker (recycled, timed out, shutting down): its exit is
     # expected and not logged as a death.
     ending: str | None = None
+    recycle_reason: str | None = None
     replacement: Worker | None = None
     started_at: float = field(default_factory=time.monotonic)
     boot_timer: asyncio.TimerHandle | None = None
+    ping_seq: int = 0
+    ping_sent_at: float | None = None
+    exited: bool = False  # its sentinel fired: never hand it another job
+
+    @property
+    def serving(self) -> bool:
+        return self.state in (State.IDLE, State.BUSY)
 
 
-class PoolClosed(ApiError):
-    def __init__(self) -> None:
-        super().__init__("shutting_down", "the server is shutting down")
+class PoolObserver:
+    """What the pool tells tests and metrics. Every method is a no-op here; override some."""
 
-
-class QueueFull(ApiError):
-    def __init__(self, size: int) -> None:
-        super().__init__("queue_full", f"all workers are busy and {size} requests are "
-                         "already waiting; retry later")
-
-
-class Unavailable(ApiError):
-    def __init__(self) -> None:
-        super().__init__("unavailable", "no OCR worker is running right now; retry later")
-
-
-class PoolBootError(RuntimeError):
-    """Workers cannot start; the message says why (it is shown to the operator)."""
+    def worker_started(self, worker: Worker) -> None: ...
+    def worker_ready(self, worker: Worker) -> None: ...
+    def job_dispatched(self, worker: Worker, job: PoolJob) -> None: ...
+    def job_finished(self, worker: Worker, job: PoolJob, duration_s: float, ok: bool) -> None: ...
+    def worker_exited(self, worker: Worker, reason: str, exitcode: int | None) -> None: ...
+    def queue_refused(self, lane: Lane, code: str) -> None: ...
+    def fatal(self, message: str) -> None: ...
 
 
 class WorkerPool:
@@ -121,15 +229,17 @@ class WorkerPool:
 
     def __init__(self, factory: Callable[[Any], Callable[[Any], Any]], spec: Any,
                  config: PoolConfig, on_fatal: Callable[[str], None] | None = None,
-                 start_method: str = "spawn") -> None:
+                 start_method: str = "spawn",
+                 observers: list[PoolObserver] | None = None) -> None:
         self.factory = factory
         self.spec = spec
         self.config = config
         self.on_fatal = on_fatal
-        self.listeners: list[Callable[[str, Worker], None]] = []
+        self.observers: list[PoolObserver] = list(observers or [])
         self._context = multiprocessing.get_context(start_method)
         self._workers: dict[int, Worker] = {}
-        self._queue: collections.deque[Job] = collections.deque()
+        self._lanes: dict[Lane, collections.deque[PoolJob]] = {
+            lane: collections.deque() for lane in Lane}
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1)
         self._boot_deaths = 0
@@ -137,6 +247,10 @@ class WorkerPool:
         self._fatal: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
+        self._spawn_backoff = 0.0
+        self._spawn_retry: asyncio.TimerHandle | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._throttled = Throttled(log)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -144,52 +258,61 @@ class WorkerPool:
         """Starts every worker and returns once all are ready; PoolBootError if they can't."""
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
-        for _ in range(self.config.size):
-            self._spawn()
+        self._reconcile()
+        self._schedule_ping()
         while self.ready_count < self.config.size:
             if self._fatal:
                 await self.close(timeout=0)
                 raise PoolBootError(self._fatal)
             await self._wait_change()
 
-    def submit(self, payload: Any) -> asyncio.Future:
+    def submit(self, payload: Any, lane: Lane = Lane.INTERACTIVE,
+               request_id: str | None = None) -> asyncio.Future:
         if self._closing:
-            raise PoolClosed()
+            self._refused(lane, PoolClosed())
         if self.ready_count == 0:
-            raise Unavailable()
-        if len(self._queue) >= self.config.queue_size:
-            raise QueueFull(self.config.queue_size)
-        job = Job(next(self._job_ids), payload, self._loop.create_future())
-        self._queue.append(job)
-        self._dispatch()
+            self._refused(lane, Unavailable())
+        if len(self._lanes[lane]) >= self.config.queue_size:
+            self._refused(lane, QueueFull(self.config.queue_size))
+        job = PoolJob(next(self._job_ids), payload, self._loop.create_future(), lane, request_id)
+        self._lanes[lane].append(job)
+        self._reconcile()
         return job.future
 
     async def close(self, timeout: float = 30.0) -> None:
         """Stops taking jobs, lets queued and running jobs finish (up to `timeout` seconds),
-        then stops every worker. Jobs still waiting after that fail with shutting_down."""
+        then stops every worker. Jobs still waiting after that fail with PoolClosed."""
         self._closing = True
+        for timer in (self._spawn_retry, self._ping_timer):
+            if timer is not None:
+                timer.cancel()
         deadline = time.monotonic() + timeout
-        while (self._queue or self.busy_count) and time.monotonic() < deadline and self.alive_count:
+        while (self.queued or self.busy_count) and time.monotonic() < deadline \
+                and self.alive_count:
             await self._wait_change(deadline - time.monotonic())
-        while self._queue:
-            self._settle(self._queue.popleft(), error=PoolClosed())
+        for lane in self._lanes.values():
+            while lane:
+                self._settle(lane.popleft(), error=PoolClosed())
         for worker in list(self._workers.values()):
             if worker.job is not None:
                 # Still busy past the deadline: it would not read a stop message either.
                 self._settle(worker.job, error=PoolClosed())
-                self._kill(worker, "shutdown")
+                self._kill(worker, SHUTDOWN)
             else:
-                self._stop(worker, "shutdown")
+                self._stop(worker, SHUTDOWN)
         stop_deadline = time.monotonic() + 10
         while self._workers and time.monotonic() < stop_deadline:
             await self._wait_change(stop_deadline - time.monotonic())
         for worker in list(self._workers.values()):
-            self._kill(worker, "shutdown")
+            self._kill(worker, SHUTDOWN)
             self._forget(worker)
 
     @property
     def ready_count(self) -> int:
-        return sum(w.state in (State.IDLE, State.BUSY) for w in self._workers.values())
+        """Workers that are loaded and answering (a stopped one stops counting within
+        `ping_interval`, and is replaced after `ping_timeout`)."""
+        now = time.monotonic()
+        return sum(w.serving and self._responsive(w, now) for w in self._workers.values())
 
     @property
     def alive_count(self) -> int:
@@ -202,13 +325,18 @@ class WorkerPool:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return sum(len(lane) for lane in self._lanes.values())
 
     def stats(self) -> dict:
+        now = time.monotonic()
         return {"size": self.config.size, "ready": self.ready_count, "busy": self.busy_count,
-                "queued": len(self._queue), "closing": self._closing,
+                "queued": len(self._lanes[Lane.INTERACTIVE]),
+                "queued_background": len(self._lanes[Lane.BACKGROUND]),
+                "closing": self._closing,
                 "workers": [{"id": w.id, "pid": w.pid, "state": w.state.value,
-                             "tasks_done": w.tasks_done} for w in self._workers.values()]}
+                             "tasks_done": w.tasks_done, "rss_mb": round(w.rss_bytes / 2**20),
+                             "responsive": self._responsive(w, now)}
+                            for w in self._workers.values()]}
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers.values() if w.pid is not None]
@@ -216,46 +344,132 @@ class WorkerPool:
     def busy_pids(self) -> list[int]:
         return [w.pid for w in self._workers.values() if w.job is not None]
 
+    # -- the one step after every event ---------------------------------------------------
+
+    def _reconcile(self) -> None:
+        if self._loop is None:
+            return
+        for worker in list(self._workers.values()):
+            replacement = worker.replacement
+            if replacement is not None and replacement.id not in self._workers:
+                worker.replacement = None  # it died while booting: find another
+            if worker.state is State.IDLE and worker.job is None and worker.replacement \
+                    is not None and worker.replacement.serving:
+                self._stop(worker, worker.recycle_reason or RECYCLED)
+        if not self._closing and self._fatal is None:
+            self._top_up()
+        self._dispatch()
+        if self._changed is not None:
+            self._changed.set()
+
+    def _top_up(self) -> None:
+        if self._spawn_retry is not None and self._spawn_retry.when() > self._loop.time():
+            return  # backing off after a failed spawn
+        # A worker on its way out (recycled) no longer counts; its replacement does.
+        counted = sum(w.state is not State.STOPPING and not w.recycle_reason
+                      for w in self._workers.values())
+        wanted: list[Worker | None] = [w for w in self._workers.values()
+                                       if w.serving and w.recycle_reason and w.replacement is None]
+        wanted += [None] * max(0, self.config.size - counted - len(wanted))
+        for replaces in wanted:
+            try:
+                self._spawn(replaces)
+            except OSError as exc:
+                self._spawn_backoff = min(SPAWN_BACKOFF_MAX,
+                                          max(SPAWN_BACKOFF_FIRST, self._spawn_backoff * 2))
+                self._throttled.warning("spawn", "cannot start a worker (%s); retrying in "
+                                        "%.1f s", exc, self._spawn_backoff)
+                self._spawn_retry = self._loop.call_later(self._spawn_backoff, self._reconcile)
+                return
+            self._spawn_backoff = 0.0
+
+    def _dispatch(self) -> None:
+        for worker in list(self._workers.values()):
+            if worker.state is not State.IDLE or worker.job is not None or worker.exited:
+                continue
+            if worker.replacement is not None and worker.replacement.serving:
+                continue  # retiring
+            job = self._next_job()
+            if job is None:
+                return
+            self._hand_over(worker, job)
+
+    def _next_job(self) -> PoolJob | None:
+        interactive = self._lanes[Lane.INTERACTIVE]
+        while interactive:
+            job = interactive.popleft()
+            if not job.future.done():
+                return job
+        background = self._lanes[Lane.BACKGROUND]
+        holding = sum(w.job is not None and w.job.lane is Lane.BACKGROUND
+                      for w in self._workers.values())
+        while background and holding < self.config.background_cap:
+            job = background.popleft()
+            if not job.future.done():
+                return job
+        return None
+
+    def _hand_over(self, worker: Worker, job: PoolJob) -> None:
+        worker.state, worker.job, job.worker = State.BUSY, job, worker
+        job.started, job.dispatched_at = False, time.monotonic()
+        job.timer = self._loop.call_later(self.config.task_timeout, self._on_job_timeout, job)
+        job.handover_timer = self._loop.call_later(self.config.ping_timeout,
+                                                   self._on_handover_timeout, job)
+        worker.channel.send(protocol.Job(job.id, job.payload, job.request_id))
+        for observer in self.observers:
+            observer.job_dispatched(worker, job)
+
     # -- workers --------------------------------------------------------------------------
 
     def _spawn(self, replaces: Worker | None = None) -> Worker:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         worker_id = next(self._ids)
-        process = self._context.Process(
-            target=worker_module.run_worker, args=(child_conn, self.factory, self.spec),
-            name=f"ppocr-worker-{worker_id}", daemon=True)
-        process.start()
+        try:
+            process = self._context.Process(
+                target=run_worker, args=(child_conn, self.factory, self.spec),
+                name=f"ppocr-worker-{worker_id}", daemon=True)
+            process.start()
+        except BaseException:
+            parent_conn.close()
+            child_conn.close()
+            raise
         child_conn.close()
         jitter = random.randint(0, max(1, self.config.max_tasks // 10))
-        worker = Worker(worker_id, process, parent_conn, self.config.max_tasks + jitter,
+        worker = Worker(worker_id, process, parent_conn, None, self.config.max_tasks + jitter,
                         process.pid)
+        worker.channel = protocol.Channel(parent_conn.fileno(), self._loop,
+                                          lambda message: self._on_message(worker, message),
+                                          lambda: None)
         self._workers[worker_id] = worker
         if replaces is not None:
             replaces.replacement = worker
-        self._loop.add_reader(parent_conn.fileno(), self._on_message, worker)
         self._loop.add_reader(process.sentinel, self._on_exit, worker)
         worker.boot_timer = self._loop.call_later(self.config.boot_timeout, self._on_boot_timeout,
                                                   worker)
-        log.info("worker %d started (pid %d)", worker_id, process.pid)
+        log.info("worker %d started (pid %d)%s", worker_id, process.pid,
+                 f" to replace worker {replaces.id}" if replaces else "")
+        for observer in self.observers:
+            observer.worker_started(worker)
         return worker
 
-    def _on_message(self, worker: Worker) -> None:
-        try:
-            message = worker.conn.recv()
-        except (EOFError, OSError):
-            # The pipe closed: the process is dying; its sentinel will report the exit.
-            self._loop.remove_reader(worker.conn.fileno())
-            return
-        self._handle(worker, message)
-
-    def _handle(self, worker: Worker, message: tuple) -> None:
-        kind = message[0]
-        if kind == "ready":
+    def _on_message(self, worker: Worker, message: Any) -> None:
+        worker.ping_sent_at = None  # any message proves it is alive
+        if isinstance(message, protocol.Ready):
             self._on_ready(worker)
-        elif kind == "boot_error":
-            self._halt(f"worker {worker.id} failed to boot: {message[1]}")
-        elif kind == "result":
-            self._on_result(worker, message[1], message[2], message[3])
+        elif isinstance(message, protocol.BootError):
+            self._halt(f"worker {worker.id} failed to boot: {message.message}")
+        elif isinstance(message, protocol.Started):
+            job = worker.job
+            if job is not None and job.id == message.job_id:
+                job.started = True
+                if job.handover_timer is not None:
+                    job.handover_timer.cancel()
+        elif isinstance(message, (protocol.Result, protocol.Failure)):
+            self._on_job_end(worker, message)
+        elif isinstance(message, protocol.Pong):
+            pass
+        else:
+            log.warning("worker %d sent an unknown message: %r", worker.id, type(message))
 
     def _on_ready(self, worker: Worker) -> None:
         if worker.boot_timer:
@@ -264,123 +478,157 @@ class WorkerPool:
         worker.state = State.IDLE
         log.info("worker %d ready (pid %d, %.1f s)", worker.id, worker.pid,
                  time.monotonic() - worker.started_at)
-        for old in list(self._workers.values()):
-            if old.replacement is worker and old.job is None:
-                self._stop(old, "recycled")
-        self._notify("ready", worker)
-        self._dispatch()
+        for observer in self.observers:
+            observer.worker_ready(worker)
+        self._reconcile()
 
-    def _on_result(self, worker: Worker, job_id: int, ok: bool, value: Any) -> None:
+    def _on_job_end(self, worker: Worker, message: protocol.Result | protocol.Failure) -> None:
         job = worker.job
-        if job is None or job.id != job_id:
+        if job is None or job.id != message.job_id:
             return  # a result for a job we already timed out and gave up on
         worker.job = None
         worker.state = State.IDLE
         worker.tasks_done += 1
+        worker.rss_bytes = message.rss_bytes
+        ok = isinstance(message, protocol.Result)
         if ok:
-            self._settle(job, result=value)
+            self._settle(job, result=message.value)
         else:
-            self._settle(job, error=value)
-        if worker.replacement is not None and worker.replacement.state in (State.IDLE,
-                                                                           State.BUSY):
-            self._stop(worker, "recycled")  # its replacement is already serving
-        elif worker.tasks_done >= worker.task_limit and worker.replacement is None \
-                and not self._closing:
-            log.info("worker %d recycling after %d tasks", worker.id, worker.tasks_done)
-            self._spawn(replaces=worker)
-        self._notify("done", worker)
-        self._dispatch()
+            self._settle(job, error=JobFailed(message.error))
+        for observer in self.observers:
+            observer.job_finished(worker, job, time.monotonic() - job.dispatched_at, ok)
+        if worker.recycle_reason is None and not self._closing:
+            limit_mb = self.config.max_worker_rss_mb
+            if limit_mb and message.rss_bytes > limit_mb * 2**20:
+                worker.recycle_reason = MEMORY
+                log.info("worker %d recycling: %d MB resident after a job (limit %d MB)",
+                         worker.id, message.rss_bytes // 2**20, limit_mb)
+            elif worker.tasks_done >= worker.task_limit:
+                worker.recycle_reason = RECYCLED
+                log.info("worker %d recycling after %d tasks", worker.id, worker.tasks_done)
+        self._reconcile()
 
     def _on_exit(self, worker: Worker) -> None:
-        try:
-            # A message sent just before the exit (a result, a boot error) is still in the pipe.
-            while worker.conn.poll():
-                self._handle(worker, worker.conn.recv())
-        except (EOFError, OSError):
-            pass
+        # A message sent just before the exit (a result, a boot error) may still be unread.
+        worker.exited = True
+        worker.channel.read_available()
         self._forget(worker)
         exitcode = worker.process.exitcode
+        was_booting = worker.state is State.BOOTING
+        reason = worker.ending or (BOOT_FAILURE if was_booting else CRASHED)
         if worker.ending is None and not self._closing:
             log.warning("worker %d (pid %d) died: %s", worker.id, worker.pid,
                         _describe_exit(exitcode))
         job, worker.job = worker.job, None
         if job is not None:
+            job.cancel_timers()
             job.attempts += 1
             if job.attempts <= self.config.retries and not self._closing:
-                log.warning("retrying job %d on another worker", job.id)
-                self._queue.appendleft(job)
+                log.warning("retrying job %d (request %s) on another worker", job.id,
+                            job.request_id)
+                self._lanes[job.lane].appendleft(job)
             else:
-                self._settle(job, error=ApiError("worker_crashed", f"the OCR worker died while reading this image "
-                    f"({_describe_exit(exitcode)}), {job.attempts} time(s)"))
-        if worker.state is State.BOOTING:
+                self._settle(job, error=WorkerCrashed(
+                    f"the OCR worker died while reading this image ({_describe_exit(exitcode)}),"
+                    f" {job.attempts} time(s)"))
+        if was_booting and worker.ending is None:
             self._boot_deaths += 1
             if self._boot_deaths >= MAX_BOOT_DEATHS:
                 self._halt(f"workers keep dying before they are ready "
                            f"(last: {_describe_exit(exitcode)})")
-        if worker.ending != "recycled" and not self._closing and self._fatal is None:
-            replacement = self._spawn()
-            for other in self._workers.values():
-                if other.replacement is worker:  # a recycling replacement died: use the new one
-                    other.replacement = replacement
-        self._notify("exit", worker)
-        self._dispatch()
+        for observer in self.observers:
+            observer.worker_exited(worker, reason, exitcode)
+        self._reconcile()
 
     def _on_boot_timeout(self, worker: Worker) -> None:
         if worker.state is State.BOOTING:
             self._halt(f"worker {worker.id} did not become ready within "
                        f"{self.config.boot_timeout:.0f} s")
 
-    def _on_job_timeout(self, job: Job) -> None:
+    def _on_job_timeout(self, job: PoolJob) -> None:
         worker = job.worker
         if worker is None or worker.job is not job:
             return
-        log.warning("job %d timed out after %.0f s; killing worker %d (pid %d)", job.id,
-                    self.config.task_timeout, worker.id, worker.pid)
+        log.warning("job %d (request %s) timed out after %.0f s; killing worker %d (pid %d)",
+                    job.id, job.request_id, self.config.task_timeout, worker.id, worker.pid)
         worker.job = None  # the job ends here: no retry, a hung image would hang again
-        self._settle(job, error=ApiError("timeout", f"reading the image took longer than {self.config.task_timeout:g} s"))
-        self._kill(worker, "timed out")
+        self._settle(job, error=JobTimedOut(
+            f"reading the image took longer than {self.config.task_timeout:g} s"))
+        self._kill(worker, TIMED_OUT)
+
+    def _on_handover_timeout(self, job: PoolJob) -> None:
+        worker = job.worker
+        if worker is None or worker.job is not job or job.started:
+            return
+        log.warning("worker %d (pid %d) did not take job %d within %.0f s; killing it",
+                    worker.id, worker.pid, job.id, self.config.ping_timeout)
+        worker.job = None
+        job.cancel_timers()
+        job.handovers += 1
+        if job.handovers > MAX_HANDOVERS:
+            self._settle(job, error=Unavailable())
+        else:
+            self._lanes[job.lane].appendleft(job)  # it never ran: not one of its retries
+        self._kill(worker, UNRESPONSIVE)
+        self._reconcile()
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def _schedule_ping(self) -> None:
+        period = min(self.config.ping_interval, self.config.ping_timeout) / 2
+        self._ping_timer = self._loop.call_later(period, self._ping_tick)
+
+    def _ping_tick(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            if worker.state is not State.IDLE or worker.job is not None:
+                continue
+            if worker.ping_sent_at is None:
+                worker.ping_seq += 1
+                worker.ping_sent_at = now
+                worker.channel.send(protocol.Ping(worker.ping_seq))
+            elif now - worker.ping_sent_at > self.config.ping_timeout:
+                log.warning("worker %d (pid %d) did not answer a ping within %.0f s; "
+                            "killing it", worker.id, worker.pid, self.config.ping_timeout)
+                self._kill(worker, UNRESPONSIVE)
+        if not self._closing:
+            self._schedule_ping()
+        self._reconcile()
+
+    def _responsive(self, worker: Worker, now: float) -> bool:
+        if worker.ping_sent_at is not None and now - worker.ping_sent_at > \
+                self.config.ping_interval:
+            return False
+        job = worker.job
+        return job is None or job.started or now - job.dispatched_at <= self.config.ping_interval
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
-        for worker in list(self._workers.values()):
-            if not self._queue:
-                return
-            if worker.state is not State.IDLE or worker.job is not None:
-                continue
-            job = self._queue.popleft()
-            if job.future.done():
-                continue
-            worker.state, worker.job, job.worker = State.BUSY, job, worker
-            job.timer = self._loop.call_later(self.config.task_timeout, self._on_job_timeout, job)
-            try:
-                worker.conn.send(("job", job.id, job.payload))
-            except OSError:
-                # The worker died between two events; its sentinel fires next and retries the job.
-                pass
-            self._notify("dispatch", worker)
-
-    def _settle(self, job: Job, result: Any = None, error: Any = None) -> None:
-        if job.timer is not None:
-            job.timer.cancel()
+    def _settle(self, job: PoolJob, result: Any = None, error: BaseException | None = None
+                ) -> None:
+        job.cancel_timers()
         if job.future.done():
             return
         if error is None:
             job.future.set_result(result)
-        elif isinstance(error, BaseException):
-            job.future.set_exception(error)
         else:
-            job.future.set_exception(ApiError.from_info(error))
+            job.future.set_exception(error)
+
+    def _refused(self, lane: Lane, error: PoolError) -> None:
+        for observer in self.observers:
+            observer.queue_refused(lane, error.code)
+        if isinstance(error, QueueFull):
+            self._throttled.warning("queue_full", "queue full: refusing requests with 503")
+        raise error
 
     def _stop(self, worker: Worker, reason: str) -> None:
         """Asks an idle worker to exit after it has finished what it is doing."""
         if worker.state is State.STOPPING:
             return
         worker.state, worker.ending = State.STOPPING, reason
-        try:
-            worker.conn.send(("stop",))
-        except OSError:
-            pass
+        if reason != SHUTDOWN:
+            log.info("worker %d (pid %d) retiring (%s)", worker.id, worker.pid, reason)
+        worker.channel.send(protocol.Stop())
 
     def _kill(self, worker: Worker, reason: str) -> None:
         worker.state, worker.ending = State.STOPPING, reason
@@ -392,11 +640,11 @@ class WorkerPool:
     def _forget(self, worker: Worker) -> None:
         if self._workers.pop(worker.id, None) is None:
             return
-        for fd in (worker.conn.fileno(), worker.process.sentinel):
-            try:
-                self._loop.remove_reader(fd)
-            except (ValueError, OSError):
-                pass
+        worker.channel.close()
+        try:
+            self._loop.remove_reader(worker.process.sentinel)
+        except (ValueError, OSError):
+            pass
         if worker.boot_timer:
             worker.boot_timer.cancel()
         worker.process.join(timeout=1)
@@ -407,15 +655,12 @@ class WorkerPool:
             return
         self._fatal = message
         log.error("halting the worker pool: %s", message)
-        self._notify("fatal", None)
-        if self.on_fatal is not None:
-            self.on_fatal(message)
-
-    def _notify(self, event: str, worker: Worker | None) -> None:
+        for observer in self.observers:
+            observer.fatal(message)
         if self._changed is not None:
             self._changed.set()
-        for listener in self.listeners:
-            listener(event, worker)
+        if self.on_fatal is not None:
+            self.on_fatal(message)
 
     async def _wait_change(self, timeout: float | None = None) -> None:
         self._changed.clear()
@@ -423,12 +668,6 @@ class WorkerPool:
             await asyncio.wait_for(self._changed.wait(), timeout)
         except TimeoutError:
             pass
-
-
-def _error_from_worker(error: dict) -> ApiError:
-    from .errors import error_from_dict
-
-    return error_from_dict(error)
 
 
 def _describe_exit(exitcode: int | None) -> str:

@@ -1,18 +1,37 @@
-"""Turning an HTTP request into an OCR job: fields, image bytes, options, and the path sandbox.
+"""Turning an HTTP request into an OCR job: fields, image bytes and options.
 
-Pure functions of the request's parts, so they are tested directly (hypothesis included)
-without a server. Every failure is an ApiError whose message names the field and never echoes
-more than a short, sanitised piece of the input.
+Three steps, so that nothing slow happens on the IOLoop:
+
+- `read_fields(content_type, body, query)` parses the body (JSON, form or multipart) into text
+  fields and uploaded files;
+- `parse_request(fields, files, policy)` validates every field and decodes an upload or a
+  base64 image (cheap, in memory); for file_type=filename it only records the name;
+- `await load_image(request, policy)` returns the image bytes, reading a server-side file
+  (file_type=filename) in the loop's default executor.
+
+Every request field is declared once, as a `FieldSpec` (name, type, default, choices or range,
+description): the control fields in `CONTROL_SPECS` here, the OCR options in
+`ocr_engine.options.OPTION_SPECS`. Parsing, `fields_table_markdown()` (README) and
+`field_schemas()` (OpenAPI) all derive from those declarations, and every value goes through
+the one coercion of its type (`FieldSpec.coerce`).
+
+An empty value (a string that is empty or only whitespace) for any field means "not given":
+the default applies. HTML forms send their empty inputs that way.
+
+Pure functions of the request's parts (plus the sandboxed file read), so they are tested
+directly (hypothesis included) without a server. Every failure is an ApiError with a 4xx status
+whose message names the field or the problem and never echoes more than a short, sanitised
+piece of the input, a library's internal text or an object's repr.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
-import os
 import re
-import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,21 +39,91 @@ from typing import Any
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from ocr_engine import InvalidOptionError, OcrOptions, parse_options
-from ocr_engine.options import OPTION_NAMES
+from ocr_engine.options import OPTION_NAMES, OPTION_SPECS, FieldSpec
 
 from .errors import ApiError
+from .sandbox import read_sandboxed
 
 FILE_TYPES = ("file", "filename", "base64")
-CONTROL_FIELDS = ("file_type", "block_flag", "img_src", "filename", "model")
+
+# The control fields: how the image is sent, whether to wait, which model set.
+CONTROL_SPECS: tuple[FieldSpec, ...] = (
+    FieldSpec("file_type", str, None, "how the image is sent: file (multipart field 'file'), "
+              "filename (a path on the server, in 'filename'), base64 (in 'img_src'); "
+              "default: file when a file is uploaded, else base64 when img_src is given",
+              choices=FILE_TYPES),
+    FieldSpec("block_flag", bool, True, "true waits for the result; false answers 202 at once "
+              "with a task id to poll"),
+    FieldSpec("file", bytes, None, "file_type=file: the image, as a multipart file upload"),
+    FieldSpec("img_src", str, None, "file_type=base64: the image as base64 (standard or "
+              "URL-safe alphabet, padding optional) or a data:image/...;base64, URL; "
+              "file_type=filename: the path, when 'filename' is not given"),
+    FieldSpec("filename", str, None, "file_type=filename: a path on the server, relative to "
+              "or inside one of service.filename_roots"),
+    FieldSpec("model", str, None, "the loaded model set to read with; default: "
+              "ocr.predict_system.model"),
+)
+CONTROL_FIELDS = tuple(spec.name for spec in CONTROL_SPECS)
 # The per-request options: PaddleOCR's names (use_det is our extension for line crops).
 REQUEST_OPTIONS = OPTION_NAMES
+# Every request field, control fields first: what the README table and OpenAPI list.
+REQUEST_SPECS: tuple[FieldSpec, ...] = CONTROL_SPECS + OPTION_SPECS
+REQUEST_FIELDS = tuple(spec.name for spec in REQUEST_SPECS)
+_SPECS = {spec.name: spec for spec in REQUEST_SPECS}
+_CONTROL = {spec.name: spec for spec in CONTROL_SPECS}
+
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,", re.I)
+# Nothing a request needs is a big integer; Python refuses to convert over 4300 digits anyway.
+_MAX_JSON_INT_DIGITS = 100
+_FORM_TYPES = ("", "application/x-www-form-urlencoded", "multipart/form-data")
+# Tornado's form/multipart errors, in our words (matched against its message, in order).
+_FORM_ERRORS = (
+    ("Max number of fields", "the form has too many fields"),
+    ("too many parts", "the multipart body has too many parts"),
+    ("missing name", "a multipart part has no name (Content-Disposition: form-data; "
+     "name=\"...\")"),
+    ("codec can't decode", "a multipart part's headers are not valid UTF-8"),
+    ("no final boundary", "the multipart body has no final boundary (--BOUNDARY--)"),
+    ("boundary not found", "the multipart Content-Type has no boundary parameter"),
+    ("missing headers", "a multipart part has no headers"),
+    ("header too large", "a multipart part's headers are too large"),
+    ("Invalid content type", "the Content-Type is not multipart/form-data"),
+    ("Invalid multipart", "a multipart part is malformed (it needs Content-Disposition: "
+     "form-data and must end with CRLF before the next boundary)"),
+)
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    """What the server accepts, fixed at start: built once, shared by every request.
+
+    `filename_roots` are real (resolved) paths; empty means file_type=filename is refused.
+    `max_body_size` bounds the decoded image and a file read from disk as well as the body.
+    """
+
+    defaults: OcrOptions
+    default_model: str
+    models: tuple[str, ...]
+    filename_roots: tuple[Path, ...]
+    max_body_size: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "filename_roots", tuple(Path(p) for p in self.filename_roots))
+        if self.default_model not in self.models:
+            raise ValueError(f"default model {self.default_model!r} is not among the loaded "
+                             f"models {self.models}")
+        if self.max_body_size < 1:
+            raise ValueError("max_body_size must be positive")
 
 
 @dataclass(frozen=True)
 class OcrRequest:
+    """A validated request. `image` is None until `load_image` reads `filename`."""
+
     file_type: str
-    image: bytes
+    image: bytes | None
+    filename: str | None
     options: OcrOptions
     model: str
     block: bool
@@ -46,102 +135,278 @@ def clip(text: str, limit: int = 80) -> str:
     return repr(text + ("..." if len(text) >= limit else ""))
 
 
-def read_fields(content_type: str, body: bytes, query: dict[str, list[bytes]]
+# ---------------------------------------------------------------- reading the body
+
+def read_fields(content_type: str, body: bytes, query: Mapping[str, list[bytes]]
                 ) -> tuple[dict[str, Any], dict[str, list[HTTPFile]]]:
-    """The request's fields (JSON body, or form/multipart body plus query string) and files."""
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    files: dict[str, list[HTTPFile]] = {}
+    """The request's fields (JSON body, or form/multipart body plus query string) and files.
+
+    A JSON body's values keep their JSON types (its query string is ignored); form and query
+    values are text. A field given twice (in the body, or in the query and the body) is
+    refused: which one was meant cannot be known.
+    """
+    media_type, _, parameters = content_type.partition(";")
+    media_type = media_type.strip().lower()
     if media_type == "application/json":
-        try:
-            data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError("bad_request", f"the body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ApiError("bad_request", "the JSON body must be an object")
-        return data, files
-    if media_type not in ("", "application/x-www-form-urlencoded", "multipart/form-data"):
+        return _read_json(body), {}
+    if media_type not in _FORM_TYPES:
         raise ApiError("unsupported_media_type",
                        f"content type {clip(media_type, 60)} is not supported; send "
                        "multipart/form-data, application/x-www-form-urlencoded or "
                        "application/json")
-    raw: dict[str, list[bytes]] = {k: list(v) for k, v in query.items()}
+    raw: dict[str, list[bytes]] = {}
+    _add_values(raw, query, latin1_names=True)
+    files: dict[str, list[HTTPFile]] = {}
     if body and media_type:
+        parsed: dict[str, list[bytes]] = {}
         try:
-            parse_body_arguments(content_type, body, raw, files)
+            parse_body_arguments(f"{media_type};{parameters}", body, parsed, files)
         except HTTPInputError as exc:
-            raise ApiError("bad_request", f"the body could not be parsed: "
-                           f"{clip(str(exc), 120)}") from None
-        if media_type == "multipart/form-data" and not raw and not files:
-            raise ApiError("bad_request", "the multipart body could not be parsed "
-                           "(check the boundary and the parts)")
+            raise ApiError("bad_request", _form_error(exc)) from None
+        if media_type == "multipart/form-data" and not parsed and not files:
+            raise ApiError("bad_request", "the multipart body has no parts (check the "
+                           "boundary and the parts)")
+        # Tornado reads urlencoded names as latin-1, multipart names as UTF-8.
+        _add_values(raw, parsed, latin1_names=media_type != "multipart/form-data")
     fields: dict[str, Any] = {}
     for name, values in raw.items():
+        if len(values) > 1:
+            raise ApiError("invalid_field", f"field {clip(name, 40)} is given more than once")
         try:
-            fields[name] = values[-1].decode("utf-8")
+            fields[name] = values[0].decode("utf-8")
         except UnicodeDecodeError:
             raise ApiError("invalid_field",
                            f"field {clip(name, 40)} is not valid UTF-8") from None
+    for name, uploads in files.items():
+        if len(uploads) > 1 or name in fields:
+            raise ApiError("invalid_field", f"field {clip(name, 40)} is given more than once")
     return fields, files
 
 
-def build_request(fields: dict[str, Any], files: dict[str, list[HTTPFile]],
-                  defaults: OcrOptions, default_model: str, models: tuple[str, ...],
-                  roots: tuple[Path, ...], max_bytes: int) -> OcrRequest:
-    unknown = [name for name in fields if name not in CONTROL_FIELDS + REQUEST_OPTIONS]
+def _read_json(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise ApiError("bad_request", f"the JSON body is not valid UTF-8 (at byte "
+                       f"{exc.start})") from None
+    start = text.lstrip(" \t\r\n")[:1]
+    if not start:
+        raise ApiError("bad_request", "the JSON body is empty")
+    if start != "{":
+        # Refused before parsing: a huge array is not worth building to be told it is wrong.
+        raise ApiError("bad_request", "the JSON body must be an object ({\"field\": value})")
+    try:
+        data = json.loads(text, object_pairs_hook=_json_object, parse_int=_json_int)
+    except json.JSONDecodeError as exc:
+        raise ApiError("bad_request", f"the body is not valid JSON: {exc.msg} (line "
+                       f"{exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise ApiError("bad_request", "the JSON body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ApiError("bad_request", "the JSON body must be an object")
+    return data
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ApiError("invalid_field", f"the JSON body gives {clip(name, 40)} more "
+                               "than once")
+            seen.add(name)
+    return data
+
+
+def _json_int(text: str) -> int:
+    if len(text) > _MAX_JSON_INT_DIGITS:
+        raise ApiError("bad_request", f"the JSON body has an integer of {len(text)} digits; "
+                       f"at most {_MAX_JSON_INT_DIGITS} are accepted")
+    return int(text)
+
+
+def _add_values(raw: dict[str, list[bytes]], values: Mapping[str, list[bytes]], *,
+                latin1_names: bool) -> None:
+    for name, items in values.items():
+        if latin1_names:
+            try:
+                name = name.encode("latin-1").decode("utf-8")
+            except UnicodeEncodeError:
+                pass  # not latin-1: already real text
+            except UnicodeDecodeError:
+                readable = name.encode("latin-1").decode("utf-8", "replace")
+                raise ApiError("invalid_field", f"field name {clip(readable, 40)} is not "
+                               "valid UTF-8") from None
+        raw.setdefault(name, []).extend(items)
+
+
+def _form_error(exc: HTTPInputError) -> str:
+    text = f"{exc} {exc.__cause__ or ''}"
+    for needle, message in _FORM_ERRORS:
+        if needle in text:
+            return message
+    return "the form body could not be parsed"
+
+
+# ---------------------------------------------------------------- validating the fields
+
+def parse_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFile]],
+                  policy: RequestPolicy) -> OcrRequest:
+    """Validates every field and decodes an upload or base64 image; cheap, no I/O.
+
+    For file_type=filename the image is not read: `request.image` is None and
+    `load_image` reads `request.filename`. An empty string for any field means the field is
+    not given (its default applies), as HTML forms send empty inputs. Unknown fields are
+    refused, listing the known ones.
+    """
+    unknown = [name for name in fields if name not in _SPECS]
+    unknown += [name for name in files if name != "file"]
     if unknown:
         raise ApiError("invalid_field", f"unknown field {clip(str(unknown[0]), 40)}; "
-                       f"fields: {', '.join(CONTROL_FIELDS + REQUEST_OPTIONS)}")
-    file_type = fields.get("file_type")
+                       f"fields: {', '.join(REQUEST_FIELDS)}")
+    given = {name: value for name, value in fields.items() if not _is_empty(value)}
+    uploads = files.get("file") or []
+    if len(uploads) > 1:
+        raise ApiError("invalid_field", "field 'file' is given more than once")
+    file_type = _control(given, "file_type")
     if file_type is None:
         # Friendly default: an upload or a base64 string says what it is.
-        file_type = "file" if "file" in files else "base64" if "img_src" in fields else None
-    if file_type not in FILE_TYPES:
-        raise ApiError("missing_field" if file_type is None else "invalid_field",
-                       "file_type must be one of file, filename, base64"
-                       + ("" if file_type is None else f"; got {clip(str(file_type), 40)}"))
-    block = _block_flag(fields.get("block_flag", True))
-    model = fields.get("model", default_model)
-    if not isinstance(model, str) or model not in models:
-        raise ApiError("unknown_model", f"model {clip(str(model), 40)} is not loaded; "
-                       f"loaded: {', '.join(models)}")
+        file_type = "file" if uploads else "base64" if "img_src" in given else None
+    if file_type is None:
+        raise ApiError("missing_field", "file_type must be one of file, filename, base64 "
+                       "(or upload a 'file', or give 'img_src')")
+    _control(given, "file")  # a text field named 'file' is not an upload
+    block = _control(given, "block_flag")
+    model = _control(given, "model")
+    if model is None:
+        model = policy.default_model
+    elif model not in policy.models:
+        raise ApiError("unknown_model", f"model {clip(model, 40)} is not loaded; "
+                       f"loaded: {', '.join(policy.models)}")
     try:
-        options = parse_options({k: v for k, v in fields.items() if k in REQUEST_OPTIONS},
-                                defaults)
+        options = parse_options({k: v for k, v in given.items() if k in REQUEST_OPTIONS},
+                                policy.defaults)
     except InvalidOptionError as exc:
         raise ApiError("invalid_option", str(exc)) from None
+    image: bytes | None = None
+    filename: str | None = None
     if file_type == "file":
-        image = _upload(files)
+        if not uploads:
+            raise ApiError("missing_field", "file_type=file needs a multipart file field "
+                           "named 'file'")
+        image = uploads[0]["body"]
     elif file_type == "base64":
-        image = decode_base64(fields.get("img_src"))
+        image = decode_base64(given.get("img_src"))
     else:
-        image = read_sandboxed(fields.get("filename", fields.get("img_src")), roots, max_bytes)
+        source = "filename" if "filename" in given else "img_src"
+        filename = given.get(source)
+        if not isinstance(filename, str):
+            raise ApiError("missing_field", "file_type=filename needs the path in 'filename'")
+        _control(given, source)
+    if image is not None:
+        _check_size(image, policy)
+    return OcrRequest(file_type, image, filename, options, model,
+                      _CONTROL["block_flag"].default if block is None else block)
+
+
+async def load_image(request: OcrRequest, policy: RequestPolicy) -> bytes:
+    """The request's image bytes; a server-side file is read in the loop's default executor."""
+    if request.image is not None:
+        return request.image
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, _read_file, request.filename, policy)
+
+
+def _read_file(name: str | None, policy: RequestPolicy) -> bytes:
+    image = read_sandboxed(name, policy.filename_roots, policy.max_body_size)
+    _check_size(image, policy)
+    return image
+
+
+def _check_size(image: bytes, policy: RequestPolicy) -> None:
     if not image:
         raise ApiError("invalid_image", "the image is empty (0 bytes)")
-    if len(image) > max_bytes:
+    if len(image) > policy.max_body_size:
         raise ApiError("too_large", f"the image is {len(image)} bytes; the limit is "
-                       f"{max_bytes}")
-    return OcrRequest(file_type, image, options, model, block)
+                       f"{policy.max_body_size}")
 
 
-def _block_flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", ""):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ApiError("invalid_field", "block_flag must be true or false")
+def _is_empty(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
 
 
-def _upload(files: dict[str, list[HTTPFile]]) -> bytes:
-    uploads = files.get("file")
-    if not uploads:
-        raise ApiError("missing_field", "file_type=file needs a multipart file field "
-                       "named 'file'")
-    return uploads[0]["body"]
+def _control(given: Mapping[str, Any], name: str) -> Any:
+    """A control field's value, coerced by its declaration; None when not given."""
+    if name not in given:
+        return None
+    try:
+        return _CONTROL[name].coerce(given[name])
+    except InvalidOptionError as exc:
+        raise ApiError("invalid_field", str(exc)) from None
 
+
+def build_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFile]],
+                  defaults: OcrOptions, default_model: str, models: tuple[str, ...],
+                  roots: tuple[Path, ...], max_bytes: int) -> OcrRequest:
+    """Deprecated, for the handler until it calls parse_request + load_image: reads a
+    server-side file on the calling thread."""
+    policy = RequestPolicy(defaults, default_model, models, roots, max_bytes)
+    request = parse_request(fields, files, policy)
+    if request.image is None:
+        request = OcrRequest(request.file_type, _read_file(request.filename, policy),
+                             request.filename, request.options, request.model, request.block)
+    return request
+
+
+# ---------------------------------------------------------------- documentation
+
+def fields_table_markdown() -> str:
+    """The README's request-fields table (header and one row per field), from the
+    declarations. Option defaults are the built-in ones; config.json can change them."""
+    rows = ["| field | type | default | values | meaning |", "|---|---|---|---|---|"]
+    for spec in REQUEST_SPECS:
+        kind = "file" if spec.type is bytes else spec.json_type
+        default = "" if spec.default is None else f"`{json.dumps(spec.default)}`"
+        rows.append(f"| `{spec.name}` | {kind} | {default} | {_values_text(spec)} | "
+                    f"{_cell(spec.description)} |")
+    return "\n".join(rows) + "\n"
+
+
+def field_schemas(policy: RequestPolicy | None = None) -> dict[str, dict[str, Any]]:
+    """A JSON-schema dict per request field (name -> schema), for the OpenAPI document.
+
+    With a `policy`, defaults are the server's (its option defaults and default model) and
+    `model` lists the loaded model sets.
+    """
+    schemas = {spec.name: spec.schema() for spec in REQUEST_SPECS}
+    if policy is not None:
+        for name in OPTION_NAMES:
+            schemas[name]["default"] = getattr(policy.defaults, name)
+        schemas["model"]["default"] = policy.default_model
+        schemas["model"]["enum"] = list(policy.models)
+    return schemas
+
+
+def _values_text(spec: FieldSpec) -> str:
+    if spec.choices is not None:
+        return ", ".join(f"`{choice}`" for choice in spec.choices)
+    if spec.low is not None and spec.high is not None:
+        return f"{spec.low:g} to {spec.high:g}"
+    if spec.low is not None:
+        return f"at least {spec.low:g}"
+    if spec.high is not None:
+        return f"at most {spec.high:g}"
+    if spec.type is bool:
+        return "`true`, `false`"
+    return ""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+# ---------------------------------------------------------------- the image's sources
 
 def decode_base64(value: Any) -> bytes:
     """Raw base64 (standard or URL-safe alphabet, padding optional) or a data: URL."""
@@ -166,51 +431,3 @@ def decode_base64(value: Any) -> bytes:
         return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError("invalid_field", "img_src is not valid base64") from None
-
-
-def read_sandboxed(name: Any, roots: tuple[Path, ...], max_bytes: int) -> bytes:
-    """Reads a regular file whose real path lies inside one of `roots`.
-
-    Real paths are compared, so '..' and symlinks cannot leave the roots. Errors never reveal
-    where a path outside the roots points.
-    """
-    if not roots:
-        raise ApiError("forbidden_path", "file_type=filename is disabled: the server has "
-                       "no service.filename_roots configured")
-    if not isinstance(name, str) or not name:
-        raise ApiError("missing_field", "file_type=filename needs the path in 'filename'")
-    if "\0" in name or len(name) > 4096:
-        raise ApiError("invalid_field", "filename contains a NUL byte or is too long")
-    candidates = [Path(name)] if os.path.isabs(name) else [root / name for root in roots]
-    inside = None
-    for candidate in candidates:
-        try:
-            real = Path(os.path.realpath(candidate))
-        except (OSError, ValueError):
-            continue
-        if any(real == root or root in real.parents for root in roots):
-            inside = real
-            if real.exists():
-                break
-    if inside is None:
-        raise ApiError("forbidden_path", f"{clip(name)} is outside the allowed folders")
-    try:
-        info = os.stat(inside)
-    except FileNotFoundError:
-        raise ApiError("file_not_found", f"no such file: {clip(name)}") from None
-    except (OSError, ValueError):
-        raise ApiError("invalid_field", f"cannot read {clip(name)}") from None
-    if not stat.S_ISREG(info.st_mode):
-        # A FIFO or device would block or never end; a directory is not an image.
-        raise ApiError("invalid_field", f"{clip(name)} is not a regular file")
-    if info.st_size > max_bytes:
-        raise ApiError("too_large", f"the file is {info.st_size} bytes; the limit is "
-                       f"{max_bytes}")
-    try:
-        fd = os.open(inside, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        raise ApiError("forbidden_path", f"cannot open {clip(name)}") from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise ApiError("invalid_field", f"{clip(name)} is not a regular file")
-        return handle.read(max_bytes + 1)

@@ -1,27 +1,32 @@
-"""Results by key: the LRU+TTL cache, in-flight sharing and non-blocking tasks.
+"""The read path, in one place: result cache -> in-flight sharing -> worker pool.
 
-Everything here runs on the IOLoop thread only (cachetools caches are not thread-safe, and need
-not be here). The key is the sha256 of the image bytes plus the canonical options and model, so
-the same image asked the same way is read once: a cached result answers at once, and identical
-requests arriving while the first is still running all await that one run.
+Requests and (next) job items both come through here. Everything runs on the IOLoop thread.
+The key is the sha256 of the image bytes plus the canonical options and model, so the same image
+asked the same way is read once: a cached result answers at once, and identical requests
+arriving while the first is still running all await that one run. A run's result fills the
+cache even when every client that asked for it has gone.
 
-A non-blocking task's id is that same key. Its outcome (done or failed) stays readable for
-`task_ttl` seconds, independently of the result cache, so a busy cache cannot lose a task the
-client has not fetched yet; pending tasks are never evicted.
+A non-blocking submission gets a fresh random task id (never the key: see store/__init__.py)
+and is recorded whether or not its result was already cached, so it stays readable for
+`task_ttl` whatever the cache does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
+import logging
+import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from cachetools import TTLCache
+from .errors import CATALOGUE, ApiError, error_info
+from .store import InflightRuns, Outcome, ResultCache, TaskState, TaskStore
 
-from .errors import ApiError
+log = logging.getLogger("ppocr.service")
+
+# Pool submit: (payload, request_id) -> future result dict (raises pool errors).
+Submit = Callable[[Any, str | None], asyncio.Future]
 
 
 def request_key(image: bytes, options_key: str, model: str) -> str:
@@ -30,102 +35,89 @@ def request_key(image: bytes, options_key: str, model: str) -> str:
     return digest.hexdigest()
 
 
-@dataclass
-class Outcome:
-    """A finished run: the engine's result dict, or the error it ended with."""
-
-    result: dict | None = None
-    error: ApiError | None = None
+def new_task_id() -> str:
+    """64 hex characters (the shape ids always had), 256 random bits."""
+    return secrets.token_hex(32)
 
 
 class OcrService:
-    def __init__(self, submit: Callable[[Any], asyncio.Future], cache_size: int,
-                 cache_ttl: float, task_ttl: float, max_tasks: int,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, submit: Submit, cache: ResultCache, tasks: TaskStore,
+                 inflight: InflightRuns | None = None,
+                 new_id: Callable[[], str] = new_task_id) -> None:
         self._submit = submit
-        # maxsize 0 would make TTLCache refuse every item; a size-0 cache means "no caching".
-        self._cache: TTLCache | None = (TTLCache(cache_size, cache_ttl, timer=timer)
-                                        if cache_size > 0 and cache_ttl > 0 else None)
-        self._tasks: TTLCache = TTLCache(max_tasks, task_ttl, timer=timer)
-        self._inflight: dict[str, asyncio.Future] = {}
-        self._pending_tasks: set[str] = set()
-        self.engine_runs = 0  # runs actually submitted to the pool (the rest were shared)
+        self.cache = cache
+        self.tasks = tasks
+        self.inflight = inflight or InflightRuns()
+        self._new_id = new_id
+        self._background: set[asyncio.Task] = set()
 
-    def cached(self, key: str) -> dict | None:
-        if self._cache is None:
-            return None
-        return self._cache.get(key)
-
-    async def run(self, key: str, job: Any) -> tuple[dict, bool]:
+    async def read(self, key: str, job: Any, request_id: str | None = None
+                   ) -> tuple[dict, bool]:
         """The result for `key`, and whether it came from the cache. Raises ApiError."""
-        hit = self.cached(key)
+        hit = await self.cache.get(key)
         if hit is not None:
             return hit, True
-        outcome = await asyncio.shield(self._start(key, job))
+        outcome = await asyncio.shield(self._run(key, job, request_id))
         if outcome.error is not None:
-            raise outcome.error
+            raise ApiError.from_info(outcome.error)  # a fresh error for every caller
         return outcome.result, False
 
-    def submit_task(self, key: str, job: Any) -> None:
-        """Starts (or joins) the run for `key` without waiting; its id is the key."""
-        if self.cached(key) is not None:
-            return
-        future = self._start(key, job)
-        self._pending_tasks.add(key)
-        future.add_done_callback(lambda f, key=key: self._finish_task(key, f))
+    async def submit_task(self, key: str, job: Any, request_id: str | None = None) -> str:
+        """Starts (or joins) the run for `key` without waiting; returns the new task's id."""
+        task_id = self._new_id()
+        hit = await self.cache.get(key)
+        if hit is not None:
+            await self.tasks.create(task_id, Outcome(result=hit))
+            return task_id
+        run = self._run(key, job, request_id)  # may raise (queue full): nothing recorded yet
+        await self.tasks.create(task_id)
+        run.add_done_callback(lambda done: self._spawn(self.tasks.finish(task_id,
+                                                                         done.result())))
+        return task_id
 
-    def task(self, key: str) -> Outcome | None:
-        """None: unknown or expired. Outcome() with neither field: still pending."""
-        if key in self._pending_tasks:
-            return Outcome()
-        outcome = self._tasks.get(key)
-        if outcome is not None:
-            return outcome
-        hit = self.cached(key)
-        return Outcome(result=hit) if hit is not None else None
+    async def task(self, task_id: str) -> TaskState | None:
+        return await self.tasks.get(task_id)
 
     def running(self, key: str) -> asyncio.Future | None:
         """The future Outcome of the run in flight for `key`, if any (to await it)."""
-        return self._inflight.get(key)
+        return self.inflight.get(key)
 
     @property
-    def inflight(self) -> int:
-        return len(self._inflight)
+    def engine_runs(self) -> int:
+        return self.inflight.started
 
     def stats(self) -> dict:
-        return {"cache_entries": len(self._cache) if self._cache is not None else 0,
-                "inflight": len(self._inflight), "pending_tasks": len(self._pending_tasks),
-                "engine_runs": self.engine_runs}
+        return {**self.cache.stats(), "inflight": len(self.inflight),
+                **self.tasks.stats(), "engine_runs": self.inflight.started,
+                "shared_runs": self.inflight.joined}
 
-    def _start(self, key: str, job: Any) -> asyncio.Future:
-        """The future Outcome of the one run for `key`, started here if none is in flight."""
-        future = self._inflight.get(key)
-        if future is not None:
-            return future
-        pool_future = self._submit(job)  # may raise QueueFull etc.: nothing registered yet
-        self.engine_runs += 1
-        future = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+    def _run(self, key: str, job: Any, request_id: str | None) -> asyncio.Future:
+        return self.inflight.join(key, lambda: self._start(key, job, request_id))
 
-        def settle(done: asyncio.Future) -> None:
-            del self._inflight[key]
+    def _start(self, key: str, job: Any, request_id: str | None) -> asyncio.Future:
+        pool_future = self._submit(job, request_id)
+        outcome_future = asyncio.get_running_loop().create_future()
+
+        async def settle(done: asyncio.Future) -> None:
             if done.cancelled():
-                outcome = Outcome(error=ApiError("internal_error", "the run was cancelled"))
+                outcome = Outcome(error=error_info(asyncio.CancelledError()))
             elif done.exception() is not None:
-                error = done.exception()
-                if not isinstance(error, ApiError):
-                    error = ApiError("internal_error", f"{type(error).__name__}: {error}")
-                outcome = Outcome(error=error)
+                info = error_info(done.exception())
+                if CATALOGUE.get(info.code, CATALOGUE["internal_error"]).status >= 500 \
+                        and info.details:
+                    log.error("run for request %s failed (%s): %s", request_id, info.code,
+                              info.details)
+                outcome = Outcome(error=info)
             else:
                 outcome = Outcome(result=done.result())
-                if self._cache is not None:
-                    # Filled even when every client has gone: the work is not wasted.
-                    self._cache[key] = outcome.result
-            future.set_result(outcome)
+                await self.cache.put(key, outcome.result)
+            outcome_future.set_result(outcome)
 
-        pool_future.add_done_callback(settle)
-        return future
+        pool_future.add_done_callback(lambda done: self._spawn(settle(done)))
+        return outcome_future
 
-    def _finish_task(self, key: str, future: asyncio.Future) -> None:
-        self._pending_tasks.discard(key)
-        self._tasks[key] = future.result()
+    def _spawn(self, coroutine) -> None:
+        # Keep a reference: the loop holds tasks only weakly.
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,81 +1,89 @@
-"""Worker process side: build the handler once, then answer jobs from the pipe until told to stop.
+"""Worker process side: build the handler once, then answer messages until told to stop.
 
 The loop is single-threaded: one job at a time, so the engine inside is never shared between
-threads. SIGINT is ignored (Ctrl-C in a terminal reaches the whole process group; the parent
-decides how to shut down and tells workers to stop). A closed pipe means the parent is gone, and
-the worker exits instead of lingering as an orphan.
+threads. It speaks only the messages of `protocol`: `Started` as soon as it takes a job (the
+parent's hand-over timer waits for it), then `Result` or `Failure`; `Pong` for every `Ping`, so
+the parent can tell a live idle worker from a stopped one. An unexpected exception in a job is
+logged here with its traceback and the job's request id, and crosses the pipe as an
+internal_error whose details the parent logs; the client only sees a generic message.
+
+SIGINT is ignored (Ctrl-C in a terminal reaches the whole process group; the parent decides how
+to shut down and tells workers to stop). A closed pipe means the parent is gone, and the worker
+exits instead of lingering as an orphan.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from ocr_engine import EngineConfig, ModelPaths, OcrEngine, OcrOptions
+from . import protocol
+from .errors import ErrorInfo, error_info
 
-from .errors import error_info
+log = logging.getLogger("ppocr.worker")
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def run_worker(conn, factory: Callable[[Any], Callable[[Any], Any]], spec: Any) -> None:
+def run_worker(conn: Any, factory: Callable[[Any], Callable[[Any], Any]], spec: Any) -> None:
+    """The worker process's main function. `factory(spec)` builds the job handler (and does the
+    process-wide set-up the handler needs, before anything heavy is imported)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
+    fd = conn.fileno()
     try:
         handler = factory(spec)
     except BaseException as exc:  # noqa: BLE001 - any boot failure must reach the parent
-        conn.send(("boot_error", f"{type(exc).__name__}: {exc}"))
+        _send(fd, protocol.BootError(f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", os.getpid()))
+    _send(fd, protocol.Ready(os.getpid()))
     while True:
         try:
-            message = conn.recv()
+            message = protocol.recv_blocking(fd)
         except (EOFError, OSError):
             return
-        if message[0] == "stop":
+        if isinstance(message, protocol.Stop):
             return
-        _, job_id, payload = message
-        try:
-            reply = ("result", job_id, True, handler(payload))
-        except Exception as exc:  # noqa: BLE001 - one bad job must not end the worker
-            reply = ("result", job_id, False, error_info(exc))
-        conn.send(reply)
+        if isinstance(message, protocol.Ping):
+            _send(fd, protocol.Pong(message.seq))
+        elif isinstance(message, protocol.Job):
+            _send(fd, protocol.Started(message.id))
+            _send(fd, _run_job(handler, message))
+        else:
+            log.warning("ignoring an unknown message from the parent: %r", type(message))
 
 
-@dataclass(frozen=True)
-class EngineSpec:
-    """Everything a worker needs to build its engines: plain, picklable data."""
-
-    models: dict[str, ModelPaths]
-    threads: int = 1
-    max_pixels: int = 40_000_000
-    rec_batch_size: int = 6
-    cls_batch_size: int = 6
-    defaults: OcrOptions = field(default_factory=OcrOptions)
-
-
-@dataclass(frozen=True)
-class OcrJob:
-    image: bytes
-    options: OcrOptions
-    model: str
+def _run_job(handler: Callable[[Any], Any], job: protocol.Job) -> Any:
+    try:
+        value = handler(job.payload)
+    except Exception as exc:  # noqa: BLE001 - one bad job must not end the worker
+        info = error_info(exc)
+        if info.code == "internal_error":
+            details = traceback.format_exc(limit=20)
+            log.error("job %d (request %s) failed unexpectedly:\n%s", job.id, job.request_id,
+                      details)
+            info = ErrorInfo(info.code, info.message, details=details[-4000:])
+        return protocol.Failure(job.id, info, resident_bytes())
+    return protocol.Result(job.id, value, resident_bytes())
 
 
-class OcrHandler:
-    """Loads one engine per configured model set, warms each up, then reads images."""
+def resident_bytes() -> int:
+    """This process's RSS from /proc (cheap: one small read)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
 
-    def __init__(self, spec: EngineSpec) -> None:
-        self.engines = {}
-        for name, paths in spec.models.items():
-            engine = OcrEngine(EngineConfig(paths, threads=spec.threads,
-                                            max_pixels=spec.max_pixels,
-                                            rec_batch_size=spec.rec_batch_size,
-                                            cls_batch_size=spec.cls_batch_size,
-                                            defaults=spec.defaults))
-            # The first call on new input shapes is slow: pay it before taking traffic.
-            engine.warm_up()
-            self.engines[name] = engine
 
-    def __call__(self, job: OcrJob) -> dict:
-        result = self.engines[job.model].ocr(job.image, job.options)
-        return {"model": job.model, **result.to_dict()}
+def _send(fd: int, message: Any) -> None:
+    try:
+        protocol.send_blocking(fd, message)
+    except OSError:
+        pass  # the parent is gone; the next read ends the loop

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 from pathlib import Path
+
+from server.pool import PoolObserver
 
 
 class MisbehavingHandler:
@@ -38,3 +41,54 @@ class MisbehavingHandler:
                     time.sleep(3600)
             return {"pid": os.getpid(), "retried": True}
         raise AssertionError(kind)
+
+
+class EventLog(PoolObserver):
+    """Records pool events by name ("started", "ready", "dispatch", "done", "exit", "refused",
+    "fatal") so a test can wait for one instead of sleeping; `hooks` run on each event."""
+
+    def __init__(self, pool=None) -> None:
+        self.seen: list[str] = []
+        self.exits: list[tuple[int, str]] = []  # (pid, reason)
+        self.hooks: list = []
+        self._changed = asyncio.Event()
+        if pool is not None:
+            pool.observers.append(self)
+
+    def _event(self, name: str, worker=None) -> None:
+        self.seen.append(name)
+        self._changed.set()
+        for hook in list(self.hooks):
+            hook(name, worker)
+
+    def worker_started(self, worker) -> None:
+        self._event("started", worker)
+
+    def worker_ready(self, worker) -> None:
+        self._event("ready", worker)
+
+    def job_dispatched(self, worker, job) -> None:
+        self._event("dispatch", worker)
+
+    def job_finished(self, worker, job, duration_s, ok) -> None:
+        self._event("done", worker)
+
+    def worker_exited(self, worker, reason, exitcode) -> None:
+        self.exits.append((worker.pid, reason))
+        self._event("exit", worker)
+
+    def queue_refused(self, lane, code) -> None:
+        self._event("refused")
+
+    def fatal(self, message) -> None:
+        self._event("fatal")
+
+    async def wait_for(self, predicate, poll: float | None = 1.0) -> None:
+        """Waits until `predicate()` holds, re-checking after every event (and every `poll`
+        seconds, for conditions that change without a pool event)."""
+        while not predicate():
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), poll)
+            except TimeoutError:
+                pass

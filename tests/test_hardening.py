@@ -236,14 +236,14 @@ class TestWorkerFaults(ServerTestCase):
     def test_all_workers_down_answers_503_until_they_are_back(self):
         for pid in self.pool.worker_pids():
             os.kill(pid, signal.SIGKILL)
-        self.io_loop.run_sync(lambda: _wait(self.pool, lambda: self.pool.ready_count == 0
+        self.io_loop.run_sync(lambda: self.events.wait_for(lambda: self.pool.ready_count == 0
                                             and len(self.pool.worker_pids()) == 2), timeout=60)
         response = self.upload(RECEIPT_BYTES)
         self.assert_error(response, 503, "unavailable")
         assert response.headers["Retry-After"]
         ready = self.fetch("/ready", raise_error=False)
         assert ready.code == 503 and json.loads(ready.body)["status"] == "not_ready"
-        self.io_loop.run_sync(lambda: _wait(self.pool, lambda: self.pool.ready_count == 2),
+        self.io_loop.run_sync(lambda: self.events.wait_for(lambda: self.pool.ready_count == 2),
                               timeout=240)
         assert self.upload(RECEIPT_BYTES).code == 200
 
@@ -255,14 +255,14 @@ class TestWorkerFaults(ServerTestCase):
                 killed.append(worker.pid)
                 os.kill(worker.pid, signal.SIGKILL)
 
-        self.pool.listeners.append(kill_on_dispatch)
+        self.events.hooks.append(kill_on_dispatch)
         task = json.loads(self.upload(RECEIPT_BYTES, block_flag="false", drop_score="0.54").body)
         assert task["status"] == "pending"
-        self.io_loop.run_sync(lambda: self.ctx.service.running(task["id"]), timeout=120)
+        self.wait_task(task["id"])
         body = self.assert_error(self.fetch(task["result_url"], raise_error=False), 500,
                                  "worker_crashed")
         assert body["status"] == "failed" and len(killed) == 2
-        self.io_loop.run_sync(lambda: _wait(self.pool, lambda: self.pool.ready_count == 2),
+        self.io_loop.run_sync(lambda: self.events.wait_for(lambda: self.pool.ready_count == 2),
                               timeout=240)
         # A bad image fails only its own request.
         assert self.upload(b"GIF89a broken").code == 415
@@ -274,26 +274,14 @@ class TestWorkerFaults(ServerTestCase):
         sock.sendall(b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Type: "
                      + content_type.encode() + b"\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\n\r\n" + body)
-        self.io_loop.run_sync(lambda: _wait(self.pool, lambda: self.ctx.service.inflight == 1),
+        self.io_loop.run_sync(lambda: self.events.wait_for(lambda: len(self.service.inflight) == 1),
                               timeout=60)
         sock.close()  # gone before the answer
-        self.io_loop.run_sync(lambda: _wait(self.pool, lambda: self.ctx.service.inflight == 0),
+        self.io_loop.run_sync(lambda: self.events.wait_for(lambda: len(self.service.inflight) == 0),
                               timeout=120)
         again = json.loads(self.post(body, content_type).body)
         assert again["cached"] is True and again["lines"][0]["text"] == FIRST_LINE
-        assert self.ctx.active_requests == 0
-
-
-async def _wait(pool, predicate) -> None:
-    """Waits for a pool event after which `predicate()` holds."""
-    changed = asyncio.Event()
-    pool.listeners.append(lambda event, worker: changed.set())
-    while not predicate():
-        changed.clear()
-        try:
-            await asyncio.wait_for(changed.wait(), 1.0)
-        except TimeoutError:
-            pass  # some conditions (cache filled by a callback) change without a pool event
+        assert self.ctx.lifecycle.active_requests == 0
 
 
 def test_sigterm_under_load_finishes_accepted_requests_and_exits_zero(tmp_path):

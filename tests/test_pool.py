@@ -8,31 +8,12 @@ import signal
 
 import pytest
 
-from server.errors import ApiError
-from server.pool import PoolBootError, PoolConfig, QueueFull, Unavailable, WorkerPool
-from tests.pool_handlers import MisbehavingHandler
+from server.pool import PoolBootError, PoolConfig, PoolError, QueueFull, Unavailable, WorkerPool
+from tests.pool_handlers import EventLog, MisbehavingHandler
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))
-
-
-class Events:
-    """Collects pool events so a test can wait for one instead of sleeping."""
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self.seen: list[str] = []
-        self.changed = asyncio.Event()
-        pool.listeners.append(self._on_event)
-
-    def _on_event(self, event: str, worker) -> None:
-        self.seen.append(event)
-        self.changed.set()
-
-    async def wait_for(self, predicate) -> None:
-        while not predicate():
-            self.changed.clear()
-            await self.changed.wait()
 
 
 def make_pool(spec=None, **config) -> WorkerPool:
@@ -48,9 +29,10 @@ def test_jobs_run_on_every_worker_and_errors_stay_per_job():
                                              for i in range(10)))
             assert [r["value"] for r in results] == list(range(10))
             assert {r["pid"] for r in results} == set(pool.worker_pids())
-            with pytest.raises(ApiError) as failure:
+            with pytest.raises(PoolError) as failure:
                 await pool.submit({"kind": "raise"})
-            assert failure.value.status == 500 and "always fails" in failure.value.info.details
+            assert failure.value.code == "internal_error"
+            assert "always fails" in failure.value.info.details
             # The failing job did not take its worker down.
             after = await asyncio.gather(*(pool.submit({"kind": "echo"}) for _ in range(4)))
             assert {r["pid"] for r in after} <= {r["pid"] for r in results}
@@ -64,7 +46,7 @@ def test_jobs_run_on_every_worker_and_errors_stay_per_job():
 def test_killed_busy_worker_is_replaced_and_its_job_retried(tmp_path):
     async def scenario():
         pool = make_pool()
-        events = Events(pool)
+        events = EventLog(pool)
         await pool.start()
         try:
             first_pids = set(pool.worker_pids())
@@ -90,12 +72,12 @@ def test_killed_busy_worker_is_replaced_and_its_job_retried(tmp_path):
 def test_job_that_kills_every_worker_fails_after_one_retry():
     async def scenario():
         pool = make_pool()
-        events = Events(pool)
+        events = EventLog(pool)
         await pool.start()
         try:
-            with pytest.raises(ApiError) as failure:
+            with pytest.raises(PoolError) as failure:
                 await pool.submit({"kind": "crash"})
-            assert failure.value.code == "worker_crashed" and failure.value.status == 500
+            assert failure.value.code == "worker_crashed"
             assert "2 time(s)" in failure.value.message
             await events.wait_for(lambda: pool.ready_count == 2)
             assert (await pool.submit({"kind": "echo", "value": 1}))["value"] == 1
@@ -108,13 +90,13 @@ def test_job_that_kills_every_worker_fails_after_one_retry():
 def test_hung_job_times_out_and_its_worker_is_replaced():
     async def scenario():
         pool = make_pool(size=1, task_timeout=0.5)
-        events = Events(pool)
+        events = EventLog(pool)
         await pool.start()
         try:
             [old_pid] = pool.worker_pids()
-            with pytest.raises(ApiError) as failure:
+            with pytest.raises(PoolError) as failure:
                 await pool.submit({"kind": "hang"})
-            assert failure.value.status == 504 and failure.value.code == "timeout"
+            assert failure.value.code == "timeout"
             await events.wait_for(
                 lambda: pool.ready_count == 1 and old_pid not in pool.worker_pids())
             assert (await pool.submit({"kind": "echo"}))["pid"] != old_pid
@@ -127,7 +109,7 @@ def test_hung_job_times_out_and_its_worker_is_replaced():
 def test_recycling_replaces_workers_without_losing_a_job():
     async def scenario():
         pool = make_pool(size=1, max_tasks=3)  # limit 3 plus a jitter of 0 or 1
-        events = Events(pool)
+        events = EventLog(pool)
         await pool.start()
         try:
             first = await asyncio.gather(*(pool.submit({"kind": "echo", "value": i})
@@ -171,7 +153,7 @@ def test_workers_dying_before_ready_halt_instead_of_crash_looping():
 def test_full_queue_and_no_live_worker_are_refused():
     async def scenario():
         pool = make_pool(size=1, queue_size=2, task_timeout=2)
-        events = Events(pool)
+        events = EventLog(pool)
         await pool.start()
         try:
             hung = pool.submit({"kind": "hang"})
@@ -179,7 +161,7 @@ def test_full_queue_and_no_live_worker_are_refused():
             waiting = [pool.submit({"kind": "echo"}) for _ in range(2)]
             with pytest.raises(QueueFull) as full:
                 pool.submit({"kind": "echo"})
-            assert full.value.status == 503 and full.value.retry_after
+            assert full.value.code == "queue_full"
             # Kill the only worker: its hung job is retried, the replacement boots; until it is
             # ready, new jobs are refused rather than queued behind nothing.
             os.kill(pool.busy_pids()[0], signal.SIGKILL)
@@ -207,7 +189,7 @@ def test_close_lets_accepted_jobs_finish():
         futures = [pool.submit({"kind": "echo", "value": i}) for i in range(6)]
         await pool.close()
         assert [f.result()["value"] for f in futures] == list(range(6))
-        with pytest.raises(ApiError) as refused:
+        with pytest.raises(PoolError) as refused:
             pool.submit({"kind": "echo"})
         assert refused.value.code == "shutting_down"
 

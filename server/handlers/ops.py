@@ -1,0 +1,32 @@
+"""GET /health (the process answers), GET /ready (workers loaded and answering), and the JSON
+404 for every other path."""
+
+from __future__ import annotations
+
+from ..errors import ApiError
+from .base import BaseHandler
+
+
+class HealthHandler(BaseHandler):
+    public = True
+
+    def get(self) -> None:
+        self.send_json({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    def get(self) -> None:
+        services, lifecycle = self.ctx.services, self.ctx.lifecycle
+        stats = services.pool.stats()
+        ready = stats["ready"] > 0 and not lifecycle.draining
+        self.send_json({"status": "ready" if ready else "not_ready",
+                        "draining": lifecycle.draining, "workers": stats["ready"],
+                        "size": stats["size"], "busy": stats["busy"], "queued": stats["queued"],
+                        "queued_background": stats["queued_background"],
+                        **services.ocr.stats()}, status=200 if ready else 503)
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        raise ApiError("not_found", f"no such endpoint: {self.request.path[:100]}")

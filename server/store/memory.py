@@ -1,0 +1,76 @@
+"""In-process stores: cachetools' TTLCache for results and finished tasks, a dict for pending
+tasks. Not thread-safe (nor need they be: the IOLoop thread is their only user). `timer` is
+injectable so tests tick time instead of sleeping."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from cachetools import TTLCache
+
+from . import Outcome, TaskState
+
+
+class TaskStoreFull(Exception):
+    """More pending tasks than the store keeps; the submission is refused (503)."""
+
+    code = "queue_full"
+
+
+class MemoryResultCache:
+    def __init__(self, size: int, ttl: float, timer: Callable[[], float] = time.monotonic):
+        # maxsize 0 would make TTLCache refuse every item; size 0 or ttl 0 means "no caching".
+        self._cache: TTLCache | None = (TTLCache(size, ttl, timer=timer)
+                                        if size > 0 and ttl > 0 else None)
+        self.hits = self.misses = 0
+
+    async def get(self, key: str) -> dict | None:
+        result = self._cache.get(key) if self._cache is not None else None
+        if result is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return result
+
+    async def put(self, key: str, result: dict) -> None:
+        if self._cache is not None:
+            self._cache[key] = result
+
+    def stats(self) -> dict:
+        return {"cache_entries": len(self._cache) if self._cache is not None else 0,
+                "cache_hits": self.hits, "cache_misses": self.misses}
+
+
+class MemoryTaskStore:
+    """Pending tasks are kept until they finish (at most `max_tasks` of them); finished ones
+    for `ttl` seconds after they finished, at most `max_tasks` (the oldest dropped)."""
+
+    def __init__(self, max_tasks: int, ttl: float,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self._max = max_tasks
+        self._pending: set[str] = set()
+        self._finished: TTLCache = TTLCache(max_tasks, ttl, timer=timer)
+
+    async def create(self, task_id: str, outcome: Outcome | None = None) -> None:
+        if outcome is not None:
+            self._finished[task_id] = outcome
+            return
+        if len(self._pending) >= self._max:
+            raise TaskStoreFull(f"{self._max} non-blocking tasks are already pending; retry "
+                                "later")
+        self._pending.add(task_id)
+
+    async def finish(self, task_id: str, outcome: Outcome) -> None:
+        if task_id in self._pending:
+            self._pending.discard(task_id)
+            self._finished[task_id] = outcome
+
+    async def get(self, task_id: str) -> TaskState | None:
+        if task_id in self._pending:
+            return TaskState(task_id)
+        outcome = self._finished.get(task_id)
+        return TaskState(task_id, outcome) if outcome is not None else None
+
+    def stats(self) -> dict:
+        return {"pending_tasks": len(self._pending), "finished_tasks": len(self._finished)}
