@@ -15,16 +15,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocr_engine.options import LIMIT_TYPES, SCORE_MODES, OcrOptions
+from ocr_engine import InvalidOptionError
+from ocr_engine.options import OcrOptions, option_spec
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
+def _option(name: str) -> Any:
+    """A config key that is a per-request OCR option: declared once, in ocr_engine.options."""
+    spec = option_spec(name)
+    return _key(spec.default, spec.description, low=spec.low, high=spec.high,
+                choices=spec.choices, option=name)
+
+
 def _key(default: Any, doc: str, *, low: float | None = None, high: float | None = None,
-         choices: tuple | None = None, nullable: bool = False) -> Any:
-    meta = {"doc": doc, "low": low, "high": high, "choices": choices, "nullable": nullable}
+         choices: tuple | None = None, nullable: bool = False, option: str | None = None) -> Any:
+    meta = {"doc": doc, "low": low, "high": high, "choices": choices, "nullable": nullable,
+            "option": option}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -96,19 +105,17 @@ class PredictSystemConfig:
     cls_batch_num: int = _key(6, "direction classifier batch size", low=1, high=64)
     max_pixels: int = _key(40_000_000, "largest image (width x height) accepted; larger ones "
                            "are refused before decoding (413)", low=1, high=10**9)
-    use_angle_cls: bool = _key(True, "run the direction classifier by default")
-    det_limit_side_len: int = _key(960, "detection resize target in pixels", low=32, high=4096)
-    det_limit_type: str = _key("max", "max: longest side at most det_limit_side_len; min: "
-                               "shortest side at least", choices=LIMIT_TYPES)
-    det_db_thresh: float = _key(0.3, "DB pixel threshold", low=0, high=1)
-    det_db_box_thresh: float = _key(0.6, "DB box score threshold", low=0, high=1)
-    det_db_unclip_ratio: float = _key(1.5, "DB box expansion ratio", low=0.1, high=10)
-    use_dilation: bool = _key(False, "dilate the DB bitmap before finding boxes")
-    det_db_score_mode: str = _key("fast", "DB box score: fast (box) or slow (polygon)",
-                                  choices=SCORE_MODES)
-    cls_thresh: float = _key(0.9, "classifier score needed to turn a line 180 degrees",
-                             low=0, high=1)
-    drop_score: float = _key(0.5, "lines scoring below this are dropped", low=0, high=1)
+    # PaddleOCR's options: default, range and description come from ocr_engine.options.
+    use_angle_cls: bool = _option("use_angle_cls")
+    det_limit_side_len: int = _option("det_limit_side_len")
+    det_limit_type: str = _option("det_limit_type")
+    det_db_thresh: float = _option("det_db_thresh")
+    det_db_box_thresh: float = _option("det_db_box_thresh")
+    det_db_unclip_ratio: float = _option("det_db_unclip_ratio")
+    use_dilation: bool = _option("use_dilation")
+    det_db_score_mode: str = _option("det_db_score_mode")
+    cls_thresh: float = _option("cls_thresh")
+    drop_score: float = _option("drop_score")
 
     def engine_limits(self):  # TODO(engine limits): wire to ocr_engine's limits
         return None
@@ -227,6 +234,11 @@ def _check(key: str, spec: dataclasses.Field, value: Any) -> Any:
         raise ConfigError(f"{key}: must be at least {meta['low']}, got {value}")
     if meta["high"] is not None and value > meta["high"]:
         raise ConfigError(f"{key}: must be at most {meta['high']}, got {value}")
+    if meta["option"] is not None:
+        try:  # the option's own check (NaN, say) as well
+            option_spec(meta["option"]).check(value)
+        except InvalidOptionError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     return value
 
 

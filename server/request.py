@@ -346,19 +346,6 @@ def _control(given: Mapping[str, Any], name: str) -> Any:
         raise ApiError("invalid_field", str(exc)) from None
 
 
-def build_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFile]],
-                  defaults: OcrOptions, default_model: str, models: tuple[str, ...],
-                  roots: tuple[Path, ...], max_bytes: int) -> OcrRequest:
-    """Deprecated, for the handler until it calls parse_request + load_image: reads a
-    server-side file on the calling thread."""
-    policy = RequestPolicy(defaults, default_model, models, roots, max_bytes)
-    request = parse_request(fields, files, policy)
-    if request.image is None:
-        request = OcrRequest(request.file_type, _read_file(request.filename, policy),
-                             request.filename, request.options, request.model, request.block)
-    return request
-
-
 # ---------------------------------------------------------------- documentation
 
 def fields_table_markdown() -> str:

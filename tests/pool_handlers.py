@@ -29,6 +29,12 @@ class MisbehavingHandler:
                 time.sleep(3600)
         if kind == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "big":
+            return {"pid": os.getpid(), "size": len(payload["data"])}
+        if kind == "grow":  # hold on to memory, so the worker's RSS after the job is high
+            self.hoard = bytearray(payload["mb"] * 2**20)
+            self.hoard[::4096] = b"x" * len(self.hoard[::4096])
+            return {"pid": os.getpid()}
         if kind == "hang_first_time":
             # First attempt: leave a mark, tell the test (through a FIFO, whose open blocks
             # until the test reads) and hang until killed. The retry finds the mark and answers.
