@@ -24,6 +24,7 @@ run: models
 	$(PY) setup.py $(ARGS)
 
 test: models
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Heavy peers for benchmarks and the reference outputs (paddleocr 2.10), in their own venv.

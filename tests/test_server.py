@@ -8,8 +8,6 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -18,7 +16,7 @@ import tornado.testing
 from tornado.httpclient import HTTPResponse
 
 from server.app import make_app
-from server.config import ConfigError, load_config
+from server.config import load_config
 from server.main import build_context, build_engine_spec, pool_config
 from server.ocr_worker import boot
 from server.pool import WorkerPool
@@ -220,7 +218,8 @@ class TestFaults(ServerTestCase):
         assert response.code == 200, response.body
         assert json.loads(response.body)["lines"][0]["text"] == FIRST_LINE
         assert killed and killed[0] not in pool.worker_pids()
-        self.io_loop.run_sync(lambda: self.events.wait_for(lambda: pool.ready_count == 2), timeout=240)
+        self.io_loop.run_sync(lambda: self.events.wait_for(lambda: pool.ready_count == 2),
+                              timeout=240)
         assert json.loads(self.fetch("/ready").body)["workers"] == 2
 
     def test_timeout_answers_504_and_replaces_the_worker(self):
@@ -228,7 +227,8 @@ class TestFaults(ServerTestCase):
         # A timeout no real image can meet (the config's lower bound is 0.1 s).
         self.pool.config = dataclasses.replace(self.pool.config, task_timeout=0.001)
         self.assert_error(self.upload(RECEIPT.read_bytes(), drop_score="0.53"), 504, "timeout")
-        self.io_loop.run_sync(lambda: self.events.wait_for(lambda: self.pool.ready_count == 2), timeout=240)
+        self.io_loop.run_sync(lambda: self.events.wait_for(lambda: self.pool.ready_count == 2),
+                              timeout=240)
         assert len(before - set(self.pool.worker_pids())) == 1
 
 

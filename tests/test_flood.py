@@ -1,0 +1,121 @@
+"""Socket exhaustion: a flood of connections that never finish their requests, against the real
+server in a subprocess with a lowered open-file limit; and the accept guard against EMFILE."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import psutil
+import tornado.web
+
+from server.http import GuardedHTTPServer
+from tests.test_hardening import RECEIPT_BYTES, _free_port, _wait_http
+from tests.test_server import FIRST_LINE, ROOT, multipart
+
+FLOOD = 1500
+FD_LIMIT = 600  # the server can keep at most ~344 connections open under it
+
+
+def _limit_fds() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+def test_connection_flood_is_refused_fast_cut_by_timeouts_and_the_pool_stays_whole(tmp_path):
+    port = _free_port()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "web_server": {"port": port, "address": "127.0.0.1", "max_connections": 5000,
+                       "header_timeout": 3, "body_timeout": 3},
+        "ocr": {"process": {"number": 1, "threads": 1, "ping_interval": 1, "ping_timeout": 3},
+                "predict_system": {"models_dir": str(ROOT / "models")}}}))
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log_file:
+        server = subprocess.Popen([sys.executable, "setup.py", "--config", str(config)],
+                                  cwd=ROOT, stderr=log_file, preexec_fn=_limit_fds)
+    sockets: list[socket.socket] = []
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/ready", server)
+        # Headers started, never finished: each holds a connection until header_timeout.
+        for _ in range(FLOOD):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Length: 999\r\n")
+            sockets.append(sock)
+        # The ones past the cap were answered at once with a JSON 503 and closed.
+        refused = 0
+        for sock in sockets[-200:]:
+            sock.settimeout(10)
+            try:
+                reply = sock.recv(4096)
+            except OSError:
+                continue
+            if reply.startswith(b"HTTP/1.1 503"):
+                refused += 1
+                assert b'"too_many_connections"' in reply and b"Retry-After" in reply
+        assert refused > 0
+        # A worker killed during the flood is replaced (spawning needs descriptors too).
+        [worker] = [child for child in psutil.Process(server.pid).children()
+                    if "resource_tracker" not in " ".join(child.cmdline())]
+        os.kill(worker.pid, signal.SIGKILL)
+        # Once header_timeout has cut the slow connections, everyone is served again.
+        _wait_http(f"http://127.0.0.1:{port}/ready", server, deadline=60)
+        body, content_type = multipart({"file_type": "file"}, RECEIPT_BYTES)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/ocr_service", data=body,
+                                         headers={"Content-Type": content_type})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert json.loads(response.read())["lines"][0]["text"] == FIRST_LINE
+        assert server.poll() is None
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    log = log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert "allows 344 connections" in log  # the cap was fitted to the open-file limit
+    # Refusals are logged once per interval, not once per connection.
+    assert 1 <= log.count("refusing new ones") <= 5, log.count("refusing new ones")
+
+
+class _FailingSocket(socket.socket):
+    """A listening socket whose accept() fails as it does when the process is out of fds."""
+
+    attempts = 0
+
+    def accept(self):
+        type(self).attempts += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_accept_errors_pause_accepting_and_are_logged_once_per_interval(caplog):
+    async def scenario() -> None:
+        listener = _FailingSocket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        client = socket.create_connection(listener.getsockname())  # makes it readable
+        server = GuardedHTTPServer(tornado.web.Application([]))
+        server.add_sockets([listener])
+        await asyncio.sleep(1.3)  # the loop runs the guard meanwhile; we count what it did
+        server.stop()
+        client.close()
+
+    with caplog.at_level(logging.WARNING, logger="ppocr.http"):
+        asyncio.run(scenario())
+    # Without the guard the loop would retry the readable socket thousands of times a second.
+    assert 2 <= _FailingSocket.attempts <= 10, _FailingSocket.attempts
+    lines = [r for r in caplog.records if "cannot accept connections" in r.getMessage()]
+    assert len(lines) == 1 and not any(r.exc_info for r in caplog.records)
+
