@@ -64,3 +64,11 @@ def test_readme_documents_every_key():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = [key for key, _, _ in describe_keys() if f"`{key}`" not in readme]
     assert not missing, f"README lacks: {missing}"
+
+
+def test_readme_documents_every_error_code():
+    from server.errors import CATALOGUE
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [code for code in CATALOGUE if f"`{code}`" not in readme]
+    assert not missing, f"README lacks: {missing}"
