@@ -69,8 +69,12 @@ class OcrService:
         if hit is not None:
             await self.tasks.create(task_id, Outcome(result=hit))
             return task_id
-        run = self._run(key, job, request_id)  # may raise (queue full): nothing recorded yet
-        await self.tasks.create(task_id)
+        await self.tasks.create(task_id)  # may refuse (store full) before any work starts
+        try:
+            run = self._run(key, job, request_id)
+        except BaseException:
+            await self.tasks.discard(task_id)  # refused (queue full): the client gets no id
+            raise
         run.add_done_callback(lambda done: self._spawn(self.tasks.finish(task_id,
                                                                          done.result())))
         return task_id

@@ -55,6 +55,9 @@ class TaskStore(Protocol):
         """Records an accepted task, pending (outcome None) or already finished."""
 
     async def finish(self, task_id: str, outcome: Outcome) -> None: ...
+    async def discard(self, task_id: str) -> None:
+        """Forgets a task whose submission was refused after it was recorded."""
+
     async def get(self, task_id: str) -> TaskState | None: ...
     def stats(self) -> dict: ...
 

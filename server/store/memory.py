@@ -5,6 +5,7 @@ injectable so tests tick time instead of sleeping."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from cachetools import TTLCache
@@ -44,17 +45,21 @@ class MemoryResultCache:
 
 class MemoryTaskStore:
     """Pending tasks are kept until they finish (at most `max_tasks` of them); finished ones
-    for `ttl` seconds after they finished, at most `max_tasks` (the oldest dropped)."""
+    for `ttl` seconds after they finished, at most `max_tasks`: past that the one that finished
+    first is dropped (polling a task does not keep it longer, unlike an LRU)."""
 
     def __init__(self, max_tasks: int, ttl: float,
                  timer: Callable[[], float] = time.monotonic) -> None:
         self._max = max_tasks
+        self._ttl = ttl
+        self._timer = timer
         self._pending: set[str] = set()
-        self._finished: TTLCache = TTLCache(max_tasks, ttl, timer=timer)
+        # task id -> (expiry, outcome), in finishing order; one TTL, so the first expires first.
+        self._finished: OrderedDict[str, tuple[float, Outcome]] = OrderedDict()
 
     async def create(self, task_id: str, outcome: Outcome | None = None) -> None:
         if outcome is not None:
-            self._finished[task_id] = outcome
+            self._store(task_id, outcome)
             return
         if len(self._pending) >= self._max:
             raise TaskStoreFull(f"{self._max} non-blocking tasks are already pending; retry "
@@ -64,13 +69,34 @@ class MemoryTaskStore:
     async def finish(self, task_id: str, outcome: Outcome) -> None:
         if task_id in self._pending:
             self._pending.discard(task_id)
-            self._finished[task_id] = outcome
+            self._store(task_id, outcome)
+
+    async def discard(self, task_id: str) -> None:
+        self._pending.discard(task_id)
+        self._finished.pop(task_id, None)
 
     async def get(self, task_id: str) -> TaskState | None:
         if task_id in self._pending:
             return TaskState(task_id)
-        outcome = self._finished.get(task_id)
-        return TaskState(task_id, outcome) if outcome is not None else None
+        self._expire()
+        entry = self._finished.get(task_id)
+        return TaskState(task_id, entry[1]) if entry is not None else None
 
     def stats(self) -> dict:
+        self._expire()
         return {"pending_tasks": len(self._pending), "finished_tasks": len(self._finished)}
+
+    def _store(self, task_id: str, outcome: Outcome) -> None:
+        self._finished.pop(task_id, None)
+        self._finished[task_id] = (self._timer() + self._ttl, outcome)
+        self._expire()
+        while len(self._finished) > self._max:
+            self._finished.popitem(last=False)
+
+    def _expire(self) -> None:
+        now = self._timer()
+        while self._finished:
+            expiry, _ = next(iter(self._finished.values()))
+            if expiry > now:
+                return
+            self._finished.popitem(last=False)
