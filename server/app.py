@@ -7,9 +7,11 @@ import tornado.web
 from .handlers.base import AppContext, HttpPolicy, Lifecycle, Services
 from .handlers.ocr import OcrServiceHandler, TaskHandler, done_body
 from .handlers.ops import HealthHandler, NotFoundHandler, ReadyHandler
+from .logs import AccessLog
 
 
-def make_app(context: AppContext) -> tornado.web.Application:
+def make_app(context: AppContext, access_log: AccessLog | None = None
+             ) -> tornado.web.Application:
     args = {"context": context}
     return tornado.web.Application(
         [
@@ -19,6 +21,7 @@ def make_app(context: AppContext) -> tornado.web.Application:
             tornado.web.url(r"/ready", ReadyHandler, args),
         ],
         default_handler_class=NotFoundHandler, default_handler_args=args,
+        log_function=access_log or AccessLog(),
     )
 
 

@@ -59,6 +59,8 @@ class WebServerConfig:
                                  high=3600)
     body_timeout: float = _key(60.0, "seconds a request's body may take to arrive in full",
                                low=0.1, high=3600)
+    log_format: str = _key("text", "log lines as text, or json (one object per line, with the "
+                           "access log's fields) for log shippers", choices=("text", "json"))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from .app import make_app
 from .config import Config
 from .handlers.base import AppContext, HttpPolicy, Lifecycle, Services
 from .http import GuardedHTTPServer, raise_fd_limit
+from .logs import configure_logging
 from .ocr_worker import boot
 from .pool import Lane, PoolBootError, PoolConfig, WorkerPool
 from .protocol import EngineSpec
@@ -100,7 +101,8 @@ async def serve(config: Config) -> int:
         exit_code = EXIT_BOOT_FAILURE
         loop.call_soon(stop.set)
 
-    pool = WorkerPool(boot, spec, pool_config(config), on_fatal=on_fatal)
+    pool = WorkerPool(boot, spec, pool_config(config), on_fatal=on_fatal,
+                      log_format=config.web_server.log_format)
     log.info("starting %d workers (%d threads each, backend %s, models %s)",
              config.ocr.process.number, spec.threads, config.ocr.predict_system.backend,
              ", ".join(spec.models))
@@ -134,8 +136,7 @@ async def serve(config: Config) -> int:
 
 
 def run(config: Config) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.web_server.log_format)
     try:
         return asyncio.run(serve(config))
     except ModelNotFoundError as exc:

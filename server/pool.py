@@ -230,12 +230,13 @@ class WorkerPool:
     def __init__(self, factory: Callable[[Any], Callable[[Any], Any]], spec: Any,
                  config: PoolConfig, on_fatal: Callable[[str], None] | None = None,
                  start_method: str = "spawn",
-                 observers: list[PoolObserver] | None = None) -> None:
+                 observers: list[PoolObserver] | None = None, log_format: str = "text") -> None:
         self.factory = factory
         self.spec = spec
         self.config = config
         self.on_fatal = on_fatal
         self.observers: list[PoolObserver] = list(observers or [])
+        self.log_format = log_format
         self._context = multiprocessing.get_context(start_method)
         self._workers: dict[int, Worker] = {}
         self._lanes: dict[Lane, collections.deque[PoolJob]] = {
@@ -426,7 +427,7 @@ class WorkerPool:
         worker_id = next(self._ids)
         try:
             process = self._context.Process(
-                target=run_worker, args=(child_conn, self.factory, self.spec),
+                target=run_worker, args=(child_conn, self.factory, self.spec, self.log_format),
                 name=f"ppocr-worker-{worker_id}", daemon=True)
             process.start()
         except BaseException:

@@ -17,25 +17,25 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from . import protocol
 from .errors import ErrorInfo, error_info
+from .logs import configure_logging
 
 log = logging.getLogger("ppocr.worker")
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def run_worker(conn: Any, factory: Callable[[Any], Callable[[Any], Any]], spec: Any) -> None:
+def run_worker(conn: Any, factory: Callable[[Any], Callable[[Any], Any]], spec: Any,
+               log_format: str = "text") -> None:
     """The worker process's main function. `factory(spec)` builds the job handler (and does the
     process-wide set-up the handler needs, before anything heavy is imported)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s[{os.getpid()}]: %(message)s")
+    configure_logging(log_format, prefix=f"[{os.getpid()}]")
     fd = conn.fileno()
     try:
         handler = factory(spec)

@@ -72,3 +72,11 @@ def test_readme_documents_every_error_code():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = [code for code in CATALOGUE if f"`{code}`" not in readme]
     assert not missing, f"README lacks: {missing}"
+
+
+def test_readme_tables_are_generated_from_the_declarations():
+    import runpy
+
+    render = runpy.run_path(str(ROOT / "docs" / "readme_tables.py"), run_name="tables")["render"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert render(readme) == readme, "run: .venv/bin/python docs/readme_tables.py"

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -32,6 +33,15 @@ log = logging.getLogger("ppocr.http")
 _CONNECTION_BODY_LIMIT = 1 << 62
 # Routes without an upload take small bodies only.
 SMALL_BODY_LIMIT = 64 * 1024
+# A client's X-Request-ID is kept when it is this tame (it ends up in logs and bodies).
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+def request_id_of(given: str | None) -> str:
+    """The client's X-Request-ID if it is sane, else a fresh random one."""
+    if given is not None and _SANE_REQUEST_ID.match(given):
+        return given
+    return secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,9 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def initialize(self, context: AppContext) -> None:
         self.ctx = context
-        self.request_id = secrets.token_hex(8)
+        self.request_id = request_id_of(self.request.headers.get("X-Request-ID"))
+        # Filled by handlers for the access log: cache hit, engine time of the run.
+        self.log_fields: dict = {}
         self.task_id: str | None = None
         self._chunks: list[bytes] = []
         self._size = 0
@@ -93,14 +105,20 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        request_id = getattr(self, "request_id", None)
+        if request_id is not None:  # clear() (before an error body) calls this again
+            self.set_header("X-Request-ID", request_id)
 
     def prepare(self) -> None:
         self.request.connection.set_max_body_size(_CONNECTION_BODY_LIMIT)
         self._cors()
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.body_limit:
-            raise ApiError("too_large", f"the request body is {length[:20]} bytes; the limit "
-                           f"is {self.body_limit}")
+        if length is not None:
+            digits = _declared_length(length)
+            if len(digits) > 18 or int(digits) > self.body_limit:
+                shown = digits if len(digits) <= 20 else f"a {len(digits)}-digit number of"
+                raise ApiError("too_large", f"the request body is {shown} bytes; the limit is "
+                               f"{self.body_limit}")
         if self.request.method == "OPTIONS":
             return
         token = self.ctx.http.api_token
@@ -150,10 +168,11 @@ class BaseHandler(tornado.web.RequestHandler):
         error = to_api_error(kwargs.get("exc_info", (None, None, None))[1], status_code)
         self.set_status(error.status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Request-ID", self.request_id)
         self._cors()  # send_error cleared the headers prepare() set
         if error.retry_after is not None:
             self.set_header("Retry-After", str(error.retry_after))
-        body: dict = {"error": error.to_dict()}
+        body: dict = {"error": {**error.to_dict(), "request_id": self.request_id}}
         if self.task_id is not None:
             body.update(id=self.task_id, status="failed")
         self.finish(json.dumps(body, ensure_ascii=False))
@@ -166,3 +185,15 @@ class BaseHandler(tornado.web.RequestHandler):
             log.log(level, "%d %s: %s", error.status, where, error.message)
         else:
             log.error("%s failed", where, exc_info=(typ, value, tb))
+
+
+def _declared_length(value: str) -> str:
+    """The digits (no leading zeros) of a Content-Length header; a JSON 400 if it is not a
+    number. ASCII digits only: str.isdigit() also passes superscripts (int() then raises),
+    and int() refuses over 4300 digits, so neither may reach int() unchecked. Duplicated values
+    (some proxies send '12, 12') must agree, as Tornado requires."""
+    pieces = {piece.strip(" \t") for piece in value.split(",")}
+    text = pieces.pop() if len(pieces) == 1 else ""
+    if not (text.isascii() and text.isdigit()):
+        raise ApiError("bad_request", "the Content-Length header is not a byte count")
+    return text.lstrip("0") or "0"

@@ -53,6 +53,8 @@ class OcrServiceHandler(BaseHandler):
         except TimeoutError:
             raise ApiError("timeout", f"no result within {timeout:g} s; the image is still "
                            "being read and will be cached") from None
+        self.log_fields = {"cached": cached,
+                           "engine_ms": result.get("timings_ms", {}).get("total")}
         self.send_json(done_body(new_task_id(), result, cached, started))
 
 
