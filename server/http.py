@@ -55,7 +55,11 @@ class _HeaderGuardStream(IOStream):
 
     def close(self, exc_info: Any = False) -> None:
         error = exc_info if isinstance(exc_info, BaseException) else None
-        if isinstance(error, UnsatisfiableReadError) and self.socket is not None:
+        # Only the headers are read with a regex (HTTP1Connection's read_until_regex, bounded
+        # by max_header_size). The other bounded read, a chunk-size line (64 bytes at most),
+        # is a malformed body, not oversized headers: Tornado's plain close stands for it.
+        if isinstance(error, UnsatisfiableReadError) and self._read_regex is not None \
+                and self.socket is not None:
             try:
                 self.socket.send(_HEADERS_TOO_LARGE, socket.MSG_DONTWAIT)
             except OSError:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import tornado.web
 
 from ..errors import ApiError, to_api_error
+from ..metrics import Metrics
 from ..pool import PoolError, WorkerPool
 from ..request import RequestPolicy
 from ..service import OcrService
@@ -75,6 +76,7 @@ class Lifecycle:
 class Services:
     pool: WorkerPool
     ocr: OcrService
+    metrics: Metrics | None = None  # None: web_server.metrics is false
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,13 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("Access-Control-Allow-Origin", "*" if "*" in origins else origin)
             self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
             self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            self.set_header("Access-Control-Expose-Headers", "Retry-After, X-Request-ID")
             self.set_header("Vary", "Origin")
+
+    def on_finish(self) -> None:
+        metrics = self.ctx.services.metrics
+        if metrics is not None:
+            metrics.request_finished(self, cached=self.log_fields.get("cached") is True)
 
     def send_json(self, body: dict, status: int = 200) -> None:
         self.set_status(status)
