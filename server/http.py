@@ -118,6 +118,11 @@ class GuardedHTTPServer(HTTPServer):
                                 "refusing new ones with 503", len(self._connections))
         try:
             connection.send(_TOO_MANY_CONNECTIONS, socket.MSG_DONTWAIT)
+            connection.shutdown(socket.SHUT_WR)
+            # Closing with unread request bytes would send a reset, and the client's kernel
+            # would drop our answer with it: read what has arrived (never wait) first.
+            while connection.recv(65536, socket.MSG_DONTWAIT):
+                pass
         except OSError:
             pass
         connection.close()
