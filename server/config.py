@@ -61,6 +61,9 @@ class WebServerConfig:
                                low=0.1, high=3600)
     log_format: str = _key("text", "log lines as text, or json (one object per line, with the "
                            "access log's fields) for log shippers", choices=("text", "json"))
+    metrics: bool = _key(True, "serve Prometheus metrics at GET /metrics; false = 404")
+    metrics_public: bool = _key(False, "true: /metrics answers without api_token (a scraper on "
+                                "a trusted network needs no secret)")
 
 
 @dataclass(frozen=True)

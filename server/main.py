@@ -18,6 +18,7 @@ from .config import Config
 from .handlers.base import AppContext, HttpPolicy, Lifecycle, Services
 from .http import GuardedHTTPServer, raise_fd_limit
 from .logs import configure_logging
+from .metrics import Metrics, build_metrics
 from .ocr_worker import boot
 from .pool import Lane, PoolBootError, PoolConfig, WorkerPool
 from .protocol import EngineSpec
@@ -63,11 +64,14 @@ def pool_config(config: Config) -> PoolConfig:
                       max_worker_rss_mb=process.max_worker_rss_mb)
 
 
-def build_context(config: Config, pool: WorkerPool, spec: EngineSpec) -> AppContext:
+def build_context(config: Config, pool: WorkerPool, spec: EngineSpec,
+                  metrics: Metrics | None = None) -> AppContext:
     service_config = config.service
     ocr = OcrService(lambda job, request_id: pool.submit(job, Lane.INTERACTIVE, request_id),
                      MemoryResultCache(service_config.img_number, service_config.time),
                      MemoryTaskStore(service_config.max_tasks, service_config.task_ttl))
+    if metrics is not None:
+        metrics.watch(pool, ocr)
     web = config.web_server
     requests = RequestPolicy(
         defaults=spec.defaults, default_model=config.ocr.predict_system.model,
@@ -78,7 +82,7 @@ def build_context(config: Config, pool: WorkerPool, spec: EngineSpec) -> AppCont
                                       cors_origins=tuple(web.cors_origins),
                                       request_timeout=web.request_timeout),
                       requests=requests, lifecycle=Lifecycle(),
-                      services=Services(pool=pool, ocr=ocr))
+                      services=Services(pool=pool, ocr=ocr, metrics=metrics))
 
 
 def build_http_server(config: Config, context: AppContext) -> GuardedHTTPServer:
@@ -101,7 +105,9 @@ async def serve(config: Config) -> int:
         exit_code = EXIT_BOOT_FAILURE
         loop.call_soon(stop.set)
 
+    metrics = build_metrics(config)  # the pool reports to it; /metrics serves it
     pool = WorkerPool(boot, spec, pool_config(config), on_fatal=on_fatal,
+                      observers=[metrics] if metrics is not None else None,
                       log_format=config.web_server.log_format)
     log.info("starting %d workers (%d threads each, backend %s, models %s)",
              config.ocr.process.number, spec.threads, config.ocr.predict_system.backend,
@@ -111,7 +117,7 @@ async def serve(config: Config) -> int:
     except PoolBootError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_BOOT_FAILURE
-    context = build_context(config, pool, spec)
+    context = build_context(config, pool, spec, metrics)
     server = build_http_server(config, context)
     server.listen(config.web_server.port, config.web_server.address)
     for signum in (signal.SIGTERM, signal.SIGINT):

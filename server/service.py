@@ -50,6 +50,8 @@ class OcrService:
         self.inflight = inflight or InflightRuns()
         self._new_id = new_id
         self._background: set[asyncio.Task] = set()
+        # Results put into the cache; what it no longer holds was evicted (metrics.py).
+        self.results_stored = 0
 
     async def read(self, key: str, job: Any, request_id: str | None = None
                    ) -> tuple[dict, bool]:
@@ -115,6 +117,7 @@ class OcrService:
             else:
                 outcome = Outcome(result=done.result())
                 await self.cache.put(key, outcome.result)
+                self.results_stored += 1
             outcome_future.set_result(outcome)
 
         pool_future.add_done_callback(lambda done: self._spawn(settle(done)))
