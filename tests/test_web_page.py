@@ -1,0 +1,432 @@
+"""The web page in a real browser: Debian's chromium, headless, driven through chromedriver.
+
+The real server (`python setup.py --config <tmp>`, real workers and models) runs in a subprocess
+on a free loopback port, with an API token so the page's token handling is exercised too. The
+browser reads docs/samples/receipt.jpg through the page's file input; what the page shows is
+compared with what the API answers for the same image. Screenshots land in the test's tmp_path
+(wide light, wide dark, narrow).
+
+The browser is installed by `make test` (apt-get, pinned). Without it these tests fail: a
+browser test that skips itself reads as a pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import queue
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+ROOT = Path(__file__).resolve().parent.parent
+RECEIPT = ROOT / "docs" / "samples" / "receipt.jpg"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run")
+WIDE, NARROW = (1440, 900), (390, 844)
+BOOT_TIMEOUT = 240
+WAIT = 60
+CORRUPT = b"\xff\xd8\xff\xe0 this is not really a JPEG " * 20
+
+
+# ---------------------------------------------------------------- the server
+
+class Server:
+    def __init__(self, process: subprocess.Popen, port: int, token: str,
+                 log: list[str]) -> None:
+        self.process, self.port, self.token, self.log = process, port, token, log
+        self.url = f"http://127.0.0.1:{port}/"
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None, auth: bool = True) -> http.client.HTTPResponse:
+        """A raw request (the path is sent exactly as given, never normalised)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        headers = dict(headers or {})
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token}"
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.body = response.read()
+        connection.close()
+        return response
+
+    def ocr(self, image: bytes) -> tuple[int, dict]:
+        body = json.dumps({"file_type": "base64", "img_src": base64.b64encode(image).decode()})
+        response = self.request("POST", "/ocr_service", body.encode(),
+                                {"Content-Type": "application/json"})
+        return response.status, json.loads(response.body)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("web-server")
+    token = secrets.token_urlsafe(24)
+    config = json.loads((ROOT / "config.json").read_text())
+    config["web_server"].update(address="127.0.0.1", api_token=token)
+    config["ocr"]["process"].update(number=1, threads=1)
+    config["ocr"]["predict_system"]["models_dir"] = str(ROOT / "models")
+    config["service"]["filename_roots"] = []
+    config_file = folder / "config.json"
+    config_file.write_text(json.dumps(config))
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "setup.py", "--config", str(config_file), "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+    log: list[str] = []
+
+    def pump() -> None:  # keeps the pipe drained for the server's whole life
+        for line in process.stderr:
+            log.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        # The launcher logs "listening" only after its workers have booted.
+        while True:
+            line = lines.get(timeout=BOOT_TIMEOUT)
+            if line is None:
+                pytest.fail("the server exited before listening:\n" + "".join(log[-40:]))
+            if "ppocr-server listening" in line:
+                break
+        yield Server(process, port, token, log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# ---------------------------------------------------------------- the browser
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory) -> Iterator[webdriver.Chrome]:
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: the browser test needs Debian's chromium "
+                    "and chromium-driver (`make test` installs the pinned versions)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.add_argument(f"--window-size={WIDE[0]},{WIDE[1]}")
+    options.add_argument("--lang=en-GB")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver: webdriver.Chrome, server: Server, *, token: str | None,
+              size: tuple[int, int] = WIDE, dark: bool = False) -> None:
+    driver.set_window_size(*size)
+    # The viewport exactly `size`; a narrow one as a phone's (overlay scrollbars, no window).
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": size == NARROW})
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [
+        {"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]})
+    driver.get(server.url)
+    driver.execute_script("localStorage.clear()")
+    if token is not None:
+        driver.execute_script("localStorage.setItem('ppocr-server.api-token', arguments[0])",
+                              token)
+    driver.get(server.url)
+    # The settings request has answered (with the token: the model list; without: a note).
+    wait(driver).until(lambda d: d.find_element(By.ID, "opt-model").text != "loading…")
+
+
+def script_errors(driver: webdriver.Chrome) -> list[str]:
+    """The console's errors since the last call, but for the API's own refusals (an HTTP
+    error answer is logged as "Failed to load resource"): script errors, CSP refusals."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]]
+
+
+def wait(driver: webdriver.Chrome, timeout: float = WAIT) -> WebDriverWait:
+    return WebDriverWait(driver, timeout, ignored_exceptions=(WebDriverException,))
+
+
+def choose_file(driver: webdriver.Chrome, path: Path) -> None:
+    driver.find_element(By.ID, "file-input").send_keys(str(path))
+
+
+def wait_for_lines(driver: webdriver.Chrome) -> list[WebElement]:
+    wait(driver).until(lambda d: d.find_element(By.ID, "chips").get_attribute("hidden") is None
+                       and d.find_element(By.ID, "busy").get_attribute("hidden") is not None)
+    return driver.find_elements(By.CSS_SELECTOR, "#lines .line")
+
+
+def shown_lines(driver: webdriver.Chrome) -> list[str]:
+    return [item.find_element(By.CLASS_NAME, "line-text").text
+            for item in driver.find_elements(By.CSS_SELECTOR, "#lines .line")]
+
+
+def screenshot(driver: webdriver.Chrome, path: Path, full_page: bool = False) -> Path:
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": full_page})
+    path.write_bytes(base64.b64decode(shot["data"]))
+    return path
+
+
+def rect(driver: webdriver.Chrome, element: WebElement) -> dict:
+    return driver.execute_script(
+        "const r = arguments[0].getBoundingClientRect();"
+        "return {x: r.x, y: r.y, width: r.width, height: r.height};", element)
+
+
+def assert_boxes_on_the_image(driver: webdriver.Chrome, api: dict) -> None:
+    """The overlay covers the image exactly and each box sits where its pixels are."""
+    picture = driver.find_element(By.ID, "picture")
+    overlay = driver.find_element(By.ID, "overlay")
+    image, drawn = rect(driver, picture), rect(driver, overlay)
+    for side in ("x", "y", "width", "height"):
+        assert abs(image[side] - drawn[side]) < 1, (side, image, drawn)
+    scale = image["width"] / api["width"]
+    assert abs(image["height"] / api["height"] - scale) < 0.01
+    polygons = driver.find_elements(By.CSS_SELECTOR, "#overlay polygon.box")
+    for polygon, line in zip(polygons, api["lines"]):
+        box = rect(driver, polygon)
+        xs = [x for x, _ in line["box"]]
+        ys = [y for _, y in line["box"]]
+        assert abs(box["x"] - (image["x"] + min(xs) * scale)) < 1.5
+        assert abs(box["y"] - (image["y"] + min(ys) * scale)) < 1.5
+        assert abs(box["width"] - (max(xs) - min(xs)) * scale) < 1.5
+
+
+# ---------------------------------------------------------------- the page's files over HTTP
+
+def test_page_and_files_are_served_with_their_types_and_caching(server: Server):
+    page = server.request("GET", "/", auth=False)
+    assert page.status == 200
+    assert page.getheader("Content-Type") == "text/html; charset=utf-8"
+    assert page.getheader("Cache-Control") == "no-cache"
+    assert "script-src 'self'" in page.getheader("Content-Security-Policy")
+    assert page.getheader("X-Content-Type-Options") == "nosniff"
+    html = page.body.decode()
+    references = dict(re.findall(r'"static/([\w.-]+)\?v=([0-9a-f]{16})"', html))
+    assert {"app.js", "style.css", "favicon.svg"} <= set(references)
+    assert server.request("GET", "/", headers={"If-None-Match": page.getheader("ETag")},
+                          auth=False).status == 304
+    types = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+             "favicon.svg": "image/svg+xml"}
+    for name, content_type in types.items():
+        current = server.request("GET", f"/static/{name}?v={references[name]}", auth=False)
+        assert current.status == 200 and current.getheader("Content-Type") == content_type
+        assert current.getheader("Cache-Control") == "public, max-age=31536000, immutable"
+        assert current.body == (ROOT / "server" / "static" / name).read_bytes()
+        unversioned = server.request("GET", f"/static/{name}", auth=False)
+        assert unversioned.status == 200 and unversioned.getheader("Cache-Control") == "no-cache"
+        assert server.request("GET", f"/static/{name}", auth=False, headers={
+            "If-None-Match": current.getheader("ETag")}).status == 304
+        head = server.request("HEAD", f"/static/{name}", auth=False)
+        assert head.status == 200 and head.body == b""
+        assert int(head.getheader("Content-Length")) == len(current.body)
+    # Only the page's own files, by name: no listing, no way out of the folder. (With the
+    # token: a path no route takes is the API's 401 without it.)
+    for path in ("/static/", "/static", "/static/../config.json", "/static/..%2fconfig.json",
+                 "/static/%2e%2e/%2e%2e/config.json", "/static/..%2F..%2Fconfig.json",
+                 "/static/nope.js", "/static/index.html", "/static/.hidden",
+                 "/static/%2fetc%2fpasswd", "/server/static/app.js", "/index.html"):
+        response = server.request("GET", path)
+        assert response.status == 404, path
+        assert json.loads(response.body)["error"]["code"] == "not_found", path
+    assert server.request("POST", "/", b"x", auth=False).status == 405
+    # The page is public; what it learns about the server needs the token.
+    refused = server.request("GET", "/web/settings", auth=False)
+    assert refused.status == 401 and json.loads(refused.body)["error"]["code"] == "unauthorized"
+    settings = json.loads(server.request("GET", "/web/settings").body)
+    assert settings["models"] == ["ppocr-v4"] and settings["default_model"] == "ppocr-v4"
+    options = {option["name"]: option for option in settings["options"]}
+    assert options["det_limit_side_len"]["default"] == 960
+    assert options["det_limit_type"]["enum"] == ["max", "min"]
+    assert options["drop_score"]["minimum"] == 0 and options["drop_score"]["maximum"] == 1
+
+
+# ---------------------------------------------------------------- the page in the browser
+
+def test_the_page_reads_the_receipt_like_the_api(server: Server, browser: webdriver.Chrome,
+                                                 tmp_path: Path):
+    open_page(browser, server, token=None)
+    # No token yet: the page says so instead of failing quietly.
+    assert browser.find_element(By.ID, "token-state").text == "API token needed"
+    assert "needs an API token" in browser.find_element(By.ID, "settings-note").text
+    screenshot(browser, tmp_path / "empty-wide.png")
+    # Paste the token the way a person does, then read the receipt through the file input.
+    browser.find_element(By.CSS_SELECTOR, "#token-panel summary").click()
+    browser.find_element(By.ID, "token-input").send_keys(server.token)
+    browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+    wait(browser).until(lambda d: d.find_element(By.ID, "opt-model").is_enabled())
+    assert browser.find_element(By.ID, "token-state").text == "API token saved"
+    assert browser.execute_script(
+        "return localStorage.getItem('ppocr-server.api-token')") == server.token
+    assert browser.find_element(By.ID, "opt-det_limit_side_len").get_attribute("value") == "960"
+    choose_file(browser, RECEIPT)
+    items = wait_for_lines(browser)
+
+    status, api = server.ocr(RECEIPT.read_bytes())
+    assert status == 200 and api["cached"] is True  # the page's own run filled the cache
+    expected = [line["text"] for line in api["lines"]]
+    assert len(expected) == 16
+    assert shown_lines(browser) == expected
+    assert len(items) == len(expected)
+    polygons = browser.find_elements(By.CSS_SELECTOR, "#overlay polygon.box")
+    assert len(polygons) == len(expected)  # one box per line, nothing else drawn
+    for polygon, line in zip(polygons, api["lines"]):
+        points = [[float(v) for v in point.split(",")]
+                  for point in polygon.get_attribute("points").split()]
+        assert points == [[float(v) for v in point] for point in line["box"]]
+    chips = browser.find_element(By.ID, "chips").text
+    assert "fresh run" in chips and "ppocr-v4" in chips and "500 × 500 px" in chips
+    legend = browser.find_element(By.ID, "timings").text
+    for stage in ("det", "cls", "rec", "total"):
+        assert stage in legend
+    assert "%" in items[0].find_element(By.CLASS_NAME, "line-score").text
+    assert_boxes_on_the_image(browser, api)
+
+    # Pointing at a line lights its box, and pointing at a box lights its line.
+    ActionChains(browser).move_to_element(items[3]).perform()
+    assert "active" in polygons[3].get_attribute("class")
+    assert "active" in items[3].get_attribute("class")
+    ActionChains(browser).move_to_element(polygons[7]).perform()
+    assert "active" in items[7].get_attribute("class")
+    assert "active" not in polygons[3].get_attribute("class")
+    screenshot(browser, tmp_path / "result-wide.png")
+
+    # Copy all text and download the JSON: what they hold is what the server answered.
+    browser.execute_cdp_cmd("Browser.grantPermissions", {
+        "origin": server.url.rstrip("/"),
+        "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    browser.find_element(By.ID, "copy").click()
+    wait(browser).until(lambda d: d.find_element(By.ID, "toast").text == "Text copied")
+    copied = browser.execute_async_script(
+        "navigator.clipboard.readText().then(arguments[0], e => arguments[0]('ERR ' + e))")
+    assert copied == api["text"]
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {
+        "behavior": "allow", "downloadPath": str(downloads)})
+    browser.find_element(By.ID, "download").click()
+    saved = downloads / "receipt.ocr.json"
+    wait(browser).until(lambda d: saved.is_file() and saved.stat().st_size > 0)
+    downloaded = json.loads(saved.read_text())
+    assert downloaded["lines"] == api["lines"] and downloaded["cached"] is False
+
+    # Reading again is answered from the cache, and the page says so.
+    browser.find_element(By.ID, "run").click()
+    wait(browser).until(lambda d: "from the cache" in d.find_element(By.ID, "chips").text)
+    assert shown_lines(browser) == expected
+
+    # Dark, then a narrow window: the boxes still sit on their pixels.
+    open_page(browser, server, token=server.token, dark=True)
+    choose_file(browser, RECEIPT)
+    wait_for_lines(browser)
+    screenshot(browser, tmp_path / "result-wide-dark.png")
+    open_page(browser, server, token=server.token, size=NARROW)
+    choose_file(browser, RECEIPT)
+    assert len(wait_for_lines(browser)) == len(expected)
+    assert_boxes_on_the_image(browser, api)
+    screenshot(browser, tmp_path / "result-narrow.png", full_page=True)
+    # Actual size: the image at its own pixels (scrolling), the boxes scaled with it.
+    browser.find_element(By.ID, "zoom-actual").click()
+    assert rect(browser, browser.find_element(By.ID, "picture"))["width"] == api["width"]
+    assert_boxes_on_the_image(browser, api)
+    assert not any("Traceback" in line for line in server.log)
+    assert script_errors(browser) == []
+
+
+def test_dropped_and_pasted_images_are_read(server: Server, browser: webdriver.Chrome):
+    # The events a drop and a paste fire, carrying the receipt as a File (a real drag or
+    # clipboard cannot be driven headless).
+    send = """
+        const [kind, data] = arguments;
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "receipt.jpg", {type: "image/jpeg"}));
+        if (kind === "drop") {
+          for (const type of ["dragenter", "dragover", "drop"]) {
+            window.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true,
+                                                      cancelable: true}));
+          }
+        } else {
+          document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer,
+                                                              bubbles: true, cancelable: true}));
+        }"""
+    status, api = server.ocr(RECEIPT.read_bytes())
+    assert status == 200
+    expected = [line["text"] for line in api["lines"]]
+    encoded = base64.b64encode(RECEIPT.read_bytes()).decode()
+    for kind in ("drop", "paste"):
+        open_page(browser, server, token=server.token)
+        browser.execute_script(send, kind, encoded)
+        assert len(wait_for_lines(browser)) == len(expected), kind
+        assert shown_lines(browser) == expected, kind
+        assert browser.find_element(By.ID, "drop-veil").get_attribute("hidden") is not None
+        assert "receipt.jpg" in browser.find_element(By.ID, "file-name").text
+    assert script_errors(browser) == []
+
+
+def test_a_corrupt_file_shows_the_servers_error(server: Server, browser: webdriver.Chrome,
+                                                tmp_path: Path):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(CORRUPT)
+    status, api = server.ocr(CORRUPT)
+    assert status == 415 and api["error"]["code"] == "invalid_image"
+    open_page(browser, server, token=server.token)
+    choose_file(browser, corrupt)
+    message = browser.find_element(By.ID, "message")
+    wait(browser).until(lambda d: message.is_displayed())
+    assert browser.find_element(By.ID, "message-title").text == "invalid_image · HTTP 415"
+    assert api["error"]["message"] in browser.find_element(By.ID, "message-text").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#lines .line") == []
+    assert browser.find_elements(By.CSS_SELECTOR, "#overlay polygon") == []
+    # Nothing the browser could show either: the drop zone is back for the next image.
+    wait(browser).until(lambda d: d.find_element(By.ID, "dropzone").is_displayed())
+    screenshot(browser, tmp_path / "invalid-image-wide.png")
+    # A wrong token is the server's 401, shown the same way.
+    open_page(browser, server, token="not-the-token", size=NARROW)
+    choose_file(browser, RECEIPT)
+    wait(browser).until(lambda d: d.find_element(By.ID, "message").is_displayed())
+    assert browser.find_element(By.ID, "message-title").text == "unauthorized · HTTP 401"
+    screenshot(browser, tmp_path / "unauthorized-narrow.png")
+    assert script_errors(browser) == []
+
+
+@pytest.fixture(autouse=True)
+def _keep_screenshots(request, tmp_path: Path) -> Iterator[None]:
+    """Prints where the screenshots are (pytest keeps the last few tmp_paths)."""
+    yield
+    shots = sorted(tmp_path.glob("*.png"))
+    if shots:
+        sys.stderr.write(f"\nscreenshots: {tmp_path}\n")
+
