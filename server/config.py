@@ -45,8 +45,9 @@ class WebServerConfig:
     address: str = _key("", "address to bind; empty = all interfaces, as the original did")
     max_body_size: int = _key(20 * 1024 * 1024, "largest request body in bytes (413 beyond)",
                               low=1024, high=1 << 31)
-    api_token: str | None = _key(None, "if set, every request except /health and the web page's files needs "
-                                 "'Authorization: Bearer <token>'", nullable=True)
+    api_token: str | None = _key(None, "if set, every request except /health and the web "
+                                 "page's files needs 'Authorization: Bearer <token>'",
+                                 nullable=True)
     cors_origins: list = _key([], "origins allowed to call the API from a browser "
                               "(empty = CORS off; '*' = any)")
     request_timeout: float = _key(120.0, "seconds a blocking request may wait for its result "
