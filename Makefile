@@ -6,8 +6,20 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# Swagger UI for /docs: the npm package swagger-ui-dist, pinned and checked against its sha512,
+# unpacked into a gitignored folder and served by the server itself (never from a CDN).
+SWAGGER_UI_VERSION := 5.35.0
+SWAGGER_UI_SHA512 := 534eaba4cb56f55dd73c638179a993512af4674f63317e0826e00da44fc465b021c341bc0a0c2bcd4e18997927fe1d3008336c5dd19aad334d1c2dec53cc9551
+SWAGGER_UI_DIR := server/static/vendor/swagger-ui
+SWAGGER_UI := $(SWAGGER_UI_DIR)/.installed-$(SWAGGER_UI_VERSION)
+SWAGGER_UI_FILES := LICENSE NOTICE swagger-ui.css swagger-ui-bundle.js favicon-32x32.png
+# The browser test (tests/test_web_page.py) drives Debian's chromium through chromedriver; a CJK
+# font so its screenshots show the Chinese text. Pinned; apt-get runs only when one is missing.
+CHROMIUM_VERSION := 156.0.8078.114-1~deb12u1
+BROWSER_PACKAGES := chromium=$(CHROMIUM_VERSION) chromium-driver=$(CHROMIUM_VERSION) \
+	fonts-wqy-microhei=0.2.0-beta-3.1
 
-.PHONY: run test models peers bench-engine bench-server clean
+.PHONY: run test models browser peers bench-engine bench-server clean
 
 $(STAMP): requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +32,26 @@ $(STAMP): requirements.txt requirements-test.txt
 models: $(STAMP)
 	$(PY) -m ocr_engine.models fetch ppocr-v4 --format all
 
-run: models
+# npm pack fetches the tarball only: no install, no scripts, no dependencies.
+$(SWAGGER_UI):
+	@command -v npm >/dev/null || { echo "npm is needed for swagger-ui-dist (Debian: apt-get install npm)" >&2; exit 1; }
+	rm -rf $(SWAGGER_UI_DIR) $(SWAGGER_UI_DIR).tmp && mkdir -p $(SWAGGER_UI_DIR).tmp
+	npm pack --silent --ignore-scripts --pack-destination $(SWAGGER_UI_DIR).tmp swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null
+	echo "$(SWAGGER_UI_SHA512)  $(SWAGGER_UI_DIR).tmp/swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz" | sha512sum --check --quiet
+	tar -xzf $(SWAGGER_UI_DIR).tmp/swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz -C $(SWAGGER_UI_DIR).tmp --strip-components=1 $(addprefix package/,$(SWAGGER_UI_FILES))
+	rm $(SWAGGER_UI_DIR).tmp/*.tgz && touch $(SWAGGER_UI_DIR).tmp/$(notdir $@)
+	mv $(SWAGGER_UI_DIR).tmp $(SWAGGER_UI_DIR)
+
+run: models $(SWAGGER_UI)
 	$(PY) setup.py $(ARGS)
 
-test: models
+browser:
+	@(for pkg in $(BROWSER_PACKAGES); do \
+	  [ "$$(dpkg-query -W -f='$${Version}' $${pkg%%=*} 2>/dev/null)" = "$${pkg#*=}" ] || exit 1; \
+	done) || { apt-get update && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y --no-install-recommends $(BROWSER_PACKAGES); }
+
+test: models $(SWAGGER_UI) browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -42,4 +70,4 @@ bench-server: models $(BENCH_STAMP)
 	$(PY) bench/server.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-peer .pytest_cache
+	rm -rf $(VENV) .venv-peer .pytest_cache server/static/vendor
