@@ -502,11 +502,12 @@ class WorkerPool:
             limit_mb = self.config.max_worker_rss_mb
             if limit_mb and message.rss_bytes > limit_mb * 2**20:
                 worker.recycle_reason = MEMORY
-                log.info("worker %d recycling: %d MB resident after a job (limit %d MB)",
-                         worker.id, message.rss_bytes // 2**20, limit_mb)
+                log.info("worker %d (pid %d) recycling: %d MB resident after a job (limit "
+                         "%d MB)", worker.id, worker.pid, message.rss_bytes // 2**20, limit_mb)
             elif worker.tasks_done >= worker.task_limit:
                 worker.recycle_reason = RECYCLED
-                log.info("worker %d recycling after %d tasks", worker.id, worker.tasks_done)
+                log.info("worker %d (pid %d) recycling after %d tasks", worker.id, worker.pid,
+                         worker.tasks_done)
         self._reconcile()
 
     def _on_exit(self, worker: Worker) -> None:
@@ -518,7 +519,9 @@ class WorkerPool:
         was_booting = worker.state is State.BOOTING
         reason = worker.ending or (BOOT_FAILURE if was_booting else CRASHED)
         if worker.ending is None and not self._closing:
-            log.warning("worker %d (pid %d) died: %s", worker.id, worker.pid,
+            busy = f" during job {worker.job.id} (request {worker.job.request_id})" \
+                if worker.job is not None else ""
+            log.warning("worker %d (pid %d) died%s: %s", worker.id, worker.pid, busy,
                         _describe_exit(exitcode))
         job, worker.job = worker.job, None
         if job is not None:

@@ -94,6 +94,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def initialize(self, context: AppContext) -> None:
         self.ctx = context
         self.request_id = request_id_of(self.request.headers.get("X-Request-ID"))
+        self.set_header("X-Request-ID", self.request_id)
         # Filled by handlers for the access log: cache hit, engine time of the run.
         self.log_fields: dict = {}
         self.task_id: str | None = None
