@@ -20,7 +20,7 @@ from .http import GuardedHTTPServer, raise_fd_limit
 from .logs import configure_logging
 from .metrics import Metrics, build_metrics
 from .ocr_worker import boot
-from .pool import Lane, PoolBootError, PoolConfig, WorkerPool
+from .pool import PoolBootError, PoolConfig, WorkerPool
 from .protocol import EngineSpec
 from .request import RequestPolicy
 from .service import OcrService
@@ -67,7 +67,7 @@ def pool_config(config: Config) -> PoolConfig:
 def build_context(config: Config, pool: WorkerPool, spec: EngineSpec,
                   metrics: Metrics | None = None) -> AppContext:
     service_config = config.service
-    ocr = OcrService(lambda job, request_id: pool.submit(job, Lane.INTERACTIVE, request_id),
+    ocr = OcrService(lambda job, request_id, lane: pool.submit(job, lane, request_id),
                      MemoryResultCache(service_config.img_number, service_config.time),
                      MemoryTaskStore(service_config.max_tasks, service_config.task_ttl))
     if metrics is not None:

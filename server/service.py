@@ -21,12 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import CATALOGUE, ApiError, error_info
+from .pool import Lane
 from .store import InflightRuns, Outcome, ResultCache, TaskState, TaskStore
 
 log = logging.getLogger("ppocr.service")
 
-# Pool submit: (payload, request_id) -> future result dict (raises pool errors).
-Submit = Callable[[Any, str | None], asyncio.Future]
+# Pool submit: (payload, request_id, lane) -> future result dict (raises pool errors).
+Submit = Callable[[Any, str | None, Lane], asyncio.Future]
 
 
 def request_key(image: bytes, options_key: str, model: str) -> str:
@@ -53,13 +54,14 @@ class OcrService:
         # Results put into the cache; what it no longer holds was evicted (metrics.py).
         self.results_stored = 0
 
-    async def read(self, key: str, job: Any, request_id: str | None = None
-                   ) -> tuple[dict, bool]:
-        """The result for `key`, and whether it came from the cache. Raises ApiError."""
+    async def read(self, key: str, job: Any, request_id: str | None = None,
+                   lane: Lane = Lane.INTERACTIVE) -> tuple[dict, bool]:
+        """The result for `key`, and whether it came from the cache. Raises ApiError.
+        Folder-job items pass lane=BACKGROUND: they wait for interactive requests."""
         hit = await self.cache.get(key)
         if hit is not None:
             return hit, True
-        outcome = await asyncio.shield(self._run(key, job, request_id))
+        outcome = await asyncio.shield(self._run(key, job, request_id, lane))
         if outcome.error is not None:
             raise ApiError.from_info(outcome.error)  # a fresh error for every caller
         return outcome.result, False
@@ -73,7 +75,7 @@ class OcrService:
             return task_id
         await self.tasks.create(task_id)  # may refuse (store full) before any work starts
         try:
-            run = self._run(key, job, request_id)
+            run = self._run(key, job, request_id, Lane.INTERACTIVE)
         except BaseException:
             await self.tasks.discard(task_id)  # refused (queue full): the client gets no id
             raise
@@ -97,11 +99,11 @@ class OcrService:
                 **self.tasks.stats(), "engine_runs": self.inflight.started,
                 "shared_runs": self.inflight.joined}
 
-    def _run(self, key: str, job: Any, request_id: str | None) -> asyncio.Future:
-        return self.inflight.join(key, lambda: self._start(key, job, request_id))
+    def _run(self, key: str, job: Any, request_id: str | None, lane: Lane) -> asyncio.Future:
+        return self.inflight.join(key, lambda: self._start(key, job, request_id, lane))
 
-    def _start(self, key: str, job: Any, request_id: str | None) -> asyncio.Future:
-        pool_future = self._submit(job, request_id)
+    def _start(self, key: str, job: Any, request_id: str | None, lane: Lane) -> asyncio.Future:
+        pool_future = self._submit(job, request_id, lane)
         outcome_future = asyncio.get_running_loop().create_future()
 
         async def settle(done: asyncio.Future) -> None:

@@ -74,7 +74,7 @@ class FakeSubmit:
         self.futures: list[asyncio.Future] = []
         self.refuse_with: BaseException | None = None
 
-    def __call__(self, job, request_id):
+    def __call__(self, job, request_id, lane=None):
         self.calls.append((job, request_id))
         if self.refuse_with is not None:
             raise self.refuse_with
