@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-import uuid
 from pathlib import Path
 
 import tornado.testing
@@ -21,27 +20,13 @@ from server.app import make_app
 from server.config import ConfigError, load_config
 from server.main import build_context, build_engine_spec, pool_config
 from server.pool import WorkerPool
+from server.testing import multipart
 from server.worker import OcrHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "docs" / "samples"
 RECEIPT = SAMPLES / "receipt.jpg"
 FIRST_LINE = "纯臻营养护发素"
-
-
-def multipart(fields: dict[str, str], file: bytes | None = None, filename: str = "img.jpg"
-              ) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                     f"{value}\r\n".encode())
-    if file is not None:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                     f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
-                     + file + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 class ServerTestCase(tornado.testing.AsyncHTTPTestCase):
