@@ -198,7 +198,7 @@ class ServerProcess:
         return self.exit_code
 
     def kill(self) -> int:
-        """SIGKILL now (the workers notice their parent is gone and exit)."""
+        """SIGKILL now (each worker exits when it finds its pipe to the server closed)."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.exit_code = self.proc.wait()
