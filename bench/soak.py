@@ -42,7 +42,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the server package's harness
+sys.path.insert(0, str(ROOT))  # the repository root first, for server.testing
 
 import soak_attacks  # noqa: E402
 
@@ -278,7 +278,9 @@ def raise_fd_limit(needed: int) -> int:
     """Raises this process's soft RLIMIT_NOFILE to `needed` if it is lower (up to the hard
     limit; servers started afterwards inherit it); returns the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed and soft != resource.RLIM_INFINITY:
+    if soft == resource.RLIM_INFINITY:
+        return needed
+    if soft < needed:
         soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return soft
