@@ -8,7 +8,8 @@ Scenarios: different (a new image or cache key per request), same (one image sen
 uncached at the start of the run), cached (a warm-up request, then only cache hits), mixed (a
 seeded random mix of the three, equally weighted unless --mix says otherwise, e.g.
 --mix different=1,cached=4 for 20% uncached requests). Exit code: 0 all succeeded, 1 some failed,
-2 usage error.
+2 usage error. For programs that drive it: --json prints the summary as JSON on stdout, and
+--progress-json writes progress as JSON lines on stderr ({"done", "errors", "elapsed_s"}).
 """
 from __future__ import annotations
 
@@ -144,6 +145,10 @@ def render_progress(done: int, errors: int, elapsed: float, total: int | None,
     filled = int(min(max(fraction, 0.0), 1.0) * width)
     rate = done / elapsed if elapsed > 0 else 0.0
     return f"[{'#' * filled}{'.' * (width - filled)}] {count}  {rate:.1f} req/s  errors {errors}"
+
+
+def render_progress_json(done: int, errors: int, elapsed: float) -> str:
+    return json.dumps({"done": done, "errors": errors, "elapsed_s": round(elapsed, 3)})
 
 
 def tiny_drop_score(k: int, nonce: int) -> str:
@@ -342,13 +347,17 @@ def work(dispatcher: Dispatcher, client: Client, plan: Callable[[int], Planned],
 
 
 def show_progress(dispatcher: Dispatcher, finished: threading.Event, total: int | None,
-                  duration: float | None, stream: TextIO) -> None:
+                  duration: float | None, stream: TextIO, as_json: bool = False) -> None:
     start = time.perf_counter()
     while True:
         stop = finished.wait(0.2)
         done, errors = dispatcher.counts()
-        line = render_progress(done, errors, time.perf_counter() - start, total, duration)
-        stream.write(f"\r{line}" + ("\n" if stop else ""))
+        elapsed = time.perf_counter() - start
+        if as_json:
+            stream.write(render_progress_json(done, errors, elapsed) + "\n")
+        else:
+            line = render_progress(done, errors, elapsed, total, duration)
+            stream.write(f"\r{line}" + ("\n" if stop else ""))
         stream.flush()
         if stop:
             return
@@ -357,14 +366,16 @@ def show_progress(dispatcher: Dispatcher, finished: threading.Event, total: int 
 def run_load(args: argparse.Namespace, client: Client,
              plan: Callable[[int], Planned]) -> tuple[list[Result], float]:
     limit = args.max_requests if args.duration is not None else args.requests
-    progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = args.progress_json or (args.progress if args.progress is not None
+                                      else sys.stderr.isatty())
     dispatcher = Dispatcher(limit, args.duration)
     per_worker: list[list[Result]] = [[] for _ in range(args.concurrency)]
     threads = [threading.Thread(target=work, args=(dispatcher, client, plan, out), daemon=True)
                for out in per_worker]
     finished = threading.Event()
     bar = threading.Thread(target=show_progress, daemon=True, args=(
-        dispatcher, finished, None if args.duration else limit, args.duration, sys.stderr))
+        dispatcher, finished, None if args.duration else limit, args.duration, sys.stderr,
+        args.progress_json))
     start = time.perf_counter()
     for t in threads + ([bar] if progress else []):
         t.start()
@@ -439,6 +450,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--allow-remote", action="store_true", help="allow a host that is not loopback")
     add("--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar on stderr (default: when stderr is a terminal)")
+    add("--progress-json", action="store_true", help="progress as JSON lines on stderr "
+        "instead of the bar, every 0.2 s and once at the end")
     args = parser.parse_args(argv)
     if args.requests is None and args.duration is None:
         args.requests = 100

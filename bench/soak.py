@@ -16,6 +16,10 @@ Then bursts (3 by default), one after the other, of 10x what the server holds (w
 at once: the excess must get 503 with Retry-After, the rest 200, and the server's RSS after each
 burst shows whether memory is bounded (levels off) or follows the load (grows burst by burst).
 
+Then the attacks phase (bench/soak_attacks.py; --no-attacks skips it, --attacks-only runs it
+alone): on a server of its own, one attack class at a time while normal clients keep sending
+requests, each bounded in count and time; a per-attack table.
+
 Writes bench/results/soak-<timestamp>.json and prints a summary.
 """
 
@@ -27,33 +31,27 @@ import http.client
 import json
 import os
 import random
+import resource
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repository root first, for server.testing
+
+import soak_attacks  # noqa: E402
+
+from server.testing import RssSampler, ServerProcess, multipart  # noqa: E402
+
 SAMPLES = ROOT / "docs" / "samples"
 RESULTS = ROOT / "bench" / "results"
 KINDS = ("cached", "uncached", "nonblocking", "invalid")
 WEIGHTS = (45, 12, 8, 35)
-
-
-def multipart(fields: dict, image: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + image + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def plan(index: int, rng: random.Random, image: bytes) -> tuple[str, bytes, str, set[int]]:
@@ -85,8 +83,8 @@ def plan(index: int, rng: random.Random, image: bytes) -> tuple[str, bytes, str,
 
 
 class Soak:
-    def __init__(self, port: int, server: subprocess.Popen, args) -> None:
-        self.port, self.server, self.args = port, server, args
+    def __init__(self, server: ServerProcess, args) -> None:
+        self.port, self.server, self.args = server.port, server, args
         self.image = (SAMPLES / "receipt.jpg").read_bytes()
         self.lock = threading.Lock()
         self.next_index = 0
@@ -96,7 +94,6 @@ class Soak:
         self.tasks: dict[str, str] = {}
         self.latencies: list[float] = []
         self.kills = 0
-        self.rss: list[dict] = []
 
     def claim(self) -> int | None:
         with self.lock:
@@ -156,7 +153,7 @@ class Soak:
         return "hung"
 
     def kill_one_worker(self) -> None:
-        workers = psutil.Process(self.server.pid).children()
+        workers = self.server.workers()
         if workers:
             victim = random.choice(workers)
             try:
@@ -166,19 +163,16 @@ class Soak:
             except psutil.NoSuchProcess:
                 pass
 
-    def sample_rss(self, stop: threading.Event) -> None:
-        parent = psutil.Process(self.server.pid)
-        while not stop.wait(1.0):
-            try:
-                workers = [child.memory_info().rss for child in parent.children()]
-                self.rss.append({"t": time.monotonic(), "done": self.done,
-                                 "parent_mb": parent.memory_info().rss / 2**20,
-                                 "workers_mb": [w / 2**20 for w in workers]})
-            except psutil.Error:
-                pass
+
+def rss_mb(sample: dict) -> dict:
+    """An RssSampler sample as the soak records it: requests done, server and workers in MiB."""
+    roles = sample["rss"].values()
+    return {"done": sample["done"],
+            "parent_mb": next((rss for role, rss in roles if role == "server"), 0) / 2**20,
+            "workers_mb": [rss / 2**20 for role, rss in roles if role == "worker"]}
 
 
-def overload_burst(port: int, server: subprocess.Popen, args) -> dict:
+def overload_burst(server: ServerProcess, args) -> dict:
     """10x what the server can hold (workers + queue) at once, all uncached: the excess must be
     refused with 503 + Retry-After, everything accepted must be answered, and the server's
     memory must not follow the load."""
@@ -196,7 +190,7 @@ def overload_burst(port: int, server: subprocess.Popen, args) -> dict:
         nonlocal retry_after_missing
         body, ctype = multipart({"file_type": "file",
                                  "drop_score": f"{0.6 + index * 1e-9:.12f}"}, image)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=args.timeout)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=args.timeout)
         barrier.wait()
         try:
             conn.request("POST", "/ocr_service", body=body, headers={"Content-Type": ctype})
@@ -225,26 +219,71 @@ def overload_burst(port: int, server: subprocess.Popen, args) -> dict:
             "parent_rss_after_mb": round(parent.memory_info().rss / 2**20, 1)}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def run_soak(args, workdir: Path) -> dict:
+    """The mixed requests with workers killed on the way, then the overload bursts."""
+    server = ServerProcess(workdir, {
+        "ocr.process.number": args.workers, "ocr.process.threads": 1,
+        "ocr.process.queue_size": args.queue_size, "service.filename_roots": [str(SAMPLES)],
+        "service.img_number": args.cache_size, "service.max_tasks": args.cache_size},
+        name="soak")
+    with server.start():
+        soak = Soak(server, args)
+        sampler = RssSampler(server.pid, 1.0, lambda: {"done": soak.done}).start()
+        started = time.monotonic()
+        clients = [threading.Thread(target=soak.client, args=(seed,))
+                   for seed in range(args.clients)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        wall = time.monotonic() - started
+        sampler.stop()  # the soak's RSS series ends here; the bursts report their own
+        overload = [overload_burst(server, args) for _ in range(args.bursts)]
+        exit_code = server.stop()
+    rss = [rss_mb(sample) for sample in sampler.samples]
+    warm = [s for s in rss if s["done"] >= args.requests * 0.2]
+    first, last = (warm[0], warm[-1]) if warm else ({}, {})
+    series, mark = [], 0
+    for sample in rss:  # one sample per 250 requests, for the record
+        if sample["done"] >= mark:
+            series.append({"done": sample["done"], "parent_mb": round(sample["parent_mb"], 1),
+                           "workers_mb": [round(w, 1) for w in sample["workers_mb"]]})
+            mark = sample["done"] + 250
+    return {
+        "requests": args.requests, "clients": args.clients, "workers": args.workers,
+        "kill_every": args.kill_every, "workers_killed": soak.kills, "wall_s": round(wall, 1),
+        "outcomes": dict(sorted(soak.outcomes.items())), "unexpected": soak.unexpected[:50],
+        "unexpected_count": len(soak.unexpected),
+        "hung": sum(v for k, v in soak.outcomes.items() if "hung" in k or "timeout" in k),
+        "tasks": dict(collections.Counter(soak.tasks.values())),
+        "max_latency_s": round(max(soak.latencies), 2), "server_exit_code": exit_code,
+        "cache_size": args.cache_size, "rss_after_warmup": first, "rss_end": last,
+        "rss_series": series,
+        "parent_rss_growth": (round(last["parent_mb"] / first["parent_mb"] - 1, 4)
+                              if warm else None),
+        "max_worker_mb": round(max((max(s["workers_mb"], default=0) for s in rss),
+                                   default=0), 1),
+        "load_avg_end": os.getloadavg(),
+        "overload": overload,
+    }
 
 
-def wait_ready(port: int, server: subprocess.Popen, deadline: float = 300) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if server.poll() is not None:
-            raise SystemExit("the server exited during start")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/ready")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not become ready")
+def soak_ok(result: dict) -> bool:
+    overload_ok = all(set(burst["statuses"]) <= {200, 503} and not burst["retry_after_missing"]
+                      for burst in result["overload"])
+    return not result["unexpected_count"] and result["server_exit_code"] == 0 and overload_ok
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raises this process's soft RLIMIT_NOFILE to `needed` if it is lower (up to the hard
+    limit; servers started afterwards inherit it); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return needed
+    if soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
 
 
 def main(argv=None) -> int:
@@ -261,76 +300,39 @@ def main(argv=None) -> int:
                              "during the warm-up")
     parser.add_argument("--bursts", type=int, default=3,
                         help="10x overload bursts after the soak (0: none)")
+    parser.add_argument("--attacks", action=argparse.BooleanOptionalAction, default=True,
+                        help="the attacks phase after the soak (default: on)")
+    parser.add_argument("--attacks-only", action="store_true",
+                        help="only the attacks phase: no mixed requests, no bursts")
+    parser.add_argument("--only", metavar="CLASSES",
+                        help="attack classes to run, comma-separated (default: all of "
+                             f"{', '.join(soak_attacks.ATTACKS)})")
+    soak_attacks.add_arguments(parser)
     args = parser.parse_args(argv)
-    port = free_port()
+    args.attacks = args.attacks or args.attacks_only
+    args.attack_list = soak_attacks.parse_classes(parser, args.only)
+    if args.attacks:
+        # Each slow-client socket costs this process one descriptor and the server another.
+        args.fd_limit = raise_fd_limit(args.slow_sockets + 1024)
+    result: dict = {}
+    ok = True
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "config.json"
-        config.write_text(json.dumps({
-            "web_server": {"port": port, "address": "127.0.0.1"},
-            "ocr": {"process": {"number": args.workers, "threads": 1,
-                                "queue_size": args.queue_size},
-                    "predict_system": {"models_dir": str(ROOT / "models")}},
-            "service": {"filename_roots": [str(SAMPLES)], "img_number": args.cache_size,
-                        "max_tasks": args.cache_size}}))
-        server = subprocess.Popen([sys.executable, "setup.py", "--config", str(config)],
-                                  cwd=ROOT, stderr=subprocess.DEVNULL)
-        try:
-            wait_ready(port, server)
-            soak = Soak(port, server, args)
-            stop = threading.Event()
-            sampler = threading.Thread(target=soak.sample_rss, args=(stop,), daemon=True)
-            sampler.start()
-            started = time.monotonic()
-            clients = [threading.Thread(target=soak.client, args=(seed,))
-                       for seed in range(args.clients)]
-            for thread in clients:
-                thread.start()
-            for thread in clients:
-                thread.join()
-            wall = time.monotonic() - started
-            stop.set()  # the soak's RSS series ends here; the bursts report their own
-            sampler.join()
-            overload = [overload_burst(port, server, args) for _ in range(args.bursts)]
-            server.send_signal(signal.SIGTERM)
-            exit_code = server.wait(120)
-        finally:
-            if server.poll() is None:
-                server.kill()
-    warm = [s for s in soak.rss if s["done"] >= args.requests * 0.2]
-    first, last = (warm[0], warm[-1]) if warm else ({}, {})
-    series, mark = [], 0
-    for sample in soak.rss:  # one sample per 250 requests, for the record
-        if sample["done"] >= mark:
-            series.append({"done": sample["done"], "parent_mb": round(sample["parent_mb"], 1),
-                           "workers_mb": [round(w, 1) for w in sample["workers_mb"]]})
-            mark = sample["done"] + 250
-    result = {
-        "requests": args.requests, "clients": args.clients, "workers": args.workers,
-        "kill_every": args.kill_every, "workers_killed": soak.kills, "wall_s": round(wall, 1),
-        "outcomes": dict(sorted(soak.outcomes.items())), "unexpected": soak.unexpected[:50],
-        "unexpected_count": len(soak.unexpected),
-        "hung": sum(v for k, v in soak.outcomes.items() if "hung" in k or "timeout" in k),
-        "tasks": dict(collections.Counter(soak.tasks.values())),
-        "max_latency_s": round(max(soak.latencies), 2), "server_exit_code": exit_code,
-        "cache_size": args.cache_size, "rss_after_warmup": first, "rss_end": last,
-        "rss_series": series,
-        "parent_rss_growth": (round(last["parent_mb"] / first["parent_mb"] - 1, 4)
-                              if warm else None),
-        "max_worker_mb": round(max((max(s["workers_mb"], default=0) for s in soak.rss),
-                                   default=0), 1),
-        "load_avg_end": os.getloadavg(),
-        "overload": overload,
-    }
+        if not args.attacks_only:
+            result = run_soak(args, Path(tmp))
+            ok = soak_ok(result)
+        if args.attacks:
+            result["attacks"] = soak_attacks.run_attacks(args, Path(tmp))
+            ok = ok and all(row["met"] for row in result["attacks"]["classes"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items()
-                      if k not in ("rss_after_warmup", "rss_end", "rss_series")}, indent=1))
+    hidden = ("rss_after_warmup", "rss_end", "rss_series", "attacks")
+    if not args.attacks_only:
+        print(json.dumps({k: v for k, v in result.items() if k not in hidden}, indent=1))
+    if args.attacks:
+        print(result["attacks"]["table"])
     print(f"results: {out}")
-    overload_ok = all(set(burst["statuses"]) <= {200, 503}
-                                          and not burst["retry_after_missing"]
-                                          for burst in overload)
-    return 0 if not soak.unexpected and exit_code == 0 and overload_ok else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -11,16 +11,14 @@ import os
 import resource
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 
-import psutil
 import tornado.web
 
 from server.http import GuardedHTTPServer
-from tests.test_hardening import RECEIPT_BYTES, _free_port, _wait_http
-from tests.test_server import FIRST_LINE, ROOT, multipart
+from server.testing import ServerProcess, multipart
+from tests.test_hardening import RECEIPT_BYTES
+from tests.test_server import FIRST_LINE
 
 FLOOD = 1500
 FD_LIMIT = 600  # the server can keep at most ~344 connections open under it
@@ -31,23 +29,16 @@ def _limit_fds() -> None:
 
 
 def test_connection_flood_is_refused_fast_cut_by_timeouts_and_the_pool_stays_whole(tmp_path):
-    port = _free_port()
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({
-        "web_server": {"port": port, "address": "127.0.0.1", "max_connections": 5000,
-                       "header_timeout": 3, "body_timeout": 3},
-        "ocr": {"process": {"number": 1, "threads": 1, "ping_interval": 1, "ping_timeout": 3},
-                "predict_system": {"models_dir": str(ROOT / "models")}}}))
-    log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log_file:
-        server = subprocess.Popen([sys.executable, "setup.py", "--config", str(config)],
-                                  cwd=ROOT, stderr=log_file, preexec_fn=_limit_fds)
+    server = ServerProcess(tmp_path, {
+        "web_server.max_connections": 5000, "web_server.header_timeout": 3,
+        "web_server.body_timeout": 3, "ocr.process.number": 1, "ocr.process.threads": 1,
+        "ocr.process.ping_interval": 1, "ocr.process.ping_timeout": 3}, preexec_fn=_limit_fds)
     sockets: list[socket.socket] = []
     try:
-        _wait_http(f"http://127.0.0.1:{port}/ready", server)
+        server.start()
         # Headers started, never finished: each holds a connection until header_timeout.
         for _ in range(FLOOD):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
             sock.sendall(b"POST /ocr_service HTTP/1.1\r\nHost: x\r\nContent-Length: 999\r\n")
             sockets.append(sock)
         # The ones past the cap were answered at once with a JSON 503 and closed.
@@ -63,30 +54,30 @@ def test_connection_flood_is_refused_fast_cut_by_timeouts_and_the_pool_stays_who
                 assert b'"too_many_connections"' in reply and b"Retry-After" in reply
         assert refused > 0
         # A worker killed during the flood is replaced (spawning needs descriptors too).
-        [worker] = [child for child in psutil.Process(server.pid).children()
-                    if "resource_tracker" not in " ".join(child.cmdline())]
-        os.kill(worker.pid, signal.SIGKILL)
+        [worker] = server.worker_pids()
+        os.kill(worker, signal.SIGKILL)
         # Once header_timeout has cut the slow connections, everyone is served again.
-        _wait_http(f"http://127.0.0.1:{port}/ready", server, deadline=60)
+        server.wait_ready(timeout=60)
         body, content_type = multipart({"file_type": "file"}, RECEIPT_BYTES)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/ocr_service", data=body,
-                                         headers={"Content-Type": content_type})
-        with urllib.request.urlopen(request, timeout=120) as response:
-            assert json.loads(response.read())["lines"][0]["text"] == FIRST_LINE
-        assert server.poll() is None
+        status, answer = _post(server, body, content_type)
+        assert status == 200 and answer["lines"][0]["text"] == FIRST_LINE
+        assert server.proc.poll() is None
     finally:
         for sock in sockets:
             sock.close()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-    log = log_path.read_text()
+        server.stop()
+    log = server.log_path.read_text()
     assert "Traceback" not in log, log[-3000:]
     assert "allows 344 connections" in log  # the cap was fitted to the open-file limit
     # Refusals are logged once per interval, not once per connection.
     assert 1 <= log.count("refusing new ones") <= 5, log.count("refusing new ones")
+
+
+def _post(server: ServerProcess, body: bytes, content_type: str) -> tuple[int, dict]:
+    request = urllib.request.Request(server.url(), data=body,
+                                     headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.status, json.loads(response.read())
 
 
 class _FailingSocket(socket.socket):

@@ -10,10 +10,7 @@ import os
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
 import urllib.request
 import zipfile
 import zlib
@@ -23,7 +20,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.test_server import FIRST_LINE, RECEIPT, ROOT, ServerTestCase, multipart
+from server.testing import ServerProcess, multipart, wait_for
+from tests.test_server import FIRST_LINE, RECEIPT, ROOT, ServerTestCase
 
 RECEIPT_BYTES = RECEIPT.read_bytes()
 
@@ -285,19 +283,11 @@ class TestWorkerFaults(ServerTestCase):
 
 
 def test_sigterm_under_load_finishes_accepted_requests_and_exits_zero(tmp_path):
-    port = _free_port()
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"web_server": {"port": port},
-                                  "ocr": {"process": {"number": 2, "threads": 1},
-                                          "predict_system": {"models_dir": str(ROOT / "models")}},
-                                  "service": {"img_number": 0}}))
-    server = subprocess.Popen([sys.executable, "setup.py", "--config", str(config)], cwd=ROOT,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/ready", server)
-        # The workers (multiprocessing's resource tracker, also a child, exits on its own).
-        workers = [child for child in psutil.Process(server.pid).children()
-                   if "resource_tracker" not in " ".join(child.cmdline())]
+    server = ServerProcess(tmp_path, {"ocr.process.number": 2, "ocr.process.threads": 1,
+                                      "service.img_number": 0})
+    port = server.port
+    with server.start(ready_timeout=240):
+        workers = server.workers()
         assert len(workers) == 2
         results: list = [None] * 6
         started = threading.Barrier(len(results) + 1)
@@ -320,47 +310,18 @@ def test_sigterm_under_load_finishes_accepted_requests_and_exits_zero(tmp_path):
         for thread in threads:
             thread.start()
         started.wait()
-        _wait_inflight(port, server, len(results))  # every request accepted, running or queued
-        server.send_signal(signal.SIGTERM)
+
+        def accepted() -> bool:  # every request running or queued
+            state = server.get_json("/ready")[1]
+            return state["busy"] + state["queued"] >= len(results)
+
+        wait_for(accepted, 60, "requests never reached the workers", interval=0.02)
+        server.proc.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(180)
-        assert server.wait(120) == 0
+        assert server.proc.wait(120) == 0
         assert results == [200] * len(results)
         # pool.close() joined them before the server exited: none may be left running.
         assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_http(url: str, server: subprocess.Popen, deadline: float = 240) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        assert server.poll() is None, server.stderr.read()
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)  # polling a server that is still booting, with a deadline
-    raise AssertionError(f"{url} not ready")
-
-
-def _wait_inflight(port: int, server: subprocess.Popen, count: int) -> None:
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
-            state = json.loads(response.read())
-        if state["busy"] + state["queued"] >= count:
-            return
-        time.sleep(0.02)  # polling observable server state, with a deadline
-    raise AssertionError("requests never reached the workers")

@@ -17,7 +17,6 @@ import logging
 import re
 import secrets
 import urllib.parse
-import uuid
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from server.main import build_context, build_http_server, pool_config
 from server.pool import WorkerPool
 from server.protocol import EngineSpec
 from server.service import request_key
+from server.testing import multipart
 from tests.echo_worker import SECRET_TEXT, EchoOcrHandler, echo_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,17 +52,6 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return int(status_line.split()[1]), headers, body
-
-
-def multipart(fields: dict[str, str], file: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-             f"{value}\r\n".encode() for name, value in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                 'filename="img.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
-                 + file + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def b64(image: bytes) -> str:

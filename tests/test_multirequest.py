@@ -123,6 +123,8 @@ def test_render_progress() -> None:
     assert multirequest.render_progress(50, 2, 5.0, 100, None, width=10) == \
         "[#####.....] 50/100  10.0 req/s  errors 2"
     assert multirequest.render_progress(3, 0, 2.5, None, 10.0, width=4).startswith("[#...] 3 in")
+    assert json.loads(multirequest.render_progress_json(50, 2, 5.0)) == \
+        {"done": 50, "errors": 2, "elapsed_s": 5.0}
 
 
 # ---------------------------------------------------------------- planning
@@ -325,3 +327,11 @@ def test_runs_against_a_fake_server(fake_server, tmp_path: Path,
 
     code, summary = run("--duration", "0.3", "--scenario", "same")
     assert code == 0 and summary["requests"] == summary["ok"] > 0
+
+    # Progress as JSON lines on stderr, for programs that drive multirequest; the last is final.
+    code = multirequest.main(["--url", f"{base}/ocr_service", "--images", str(tmp_path),
+                              "--requests", "5", "--json", "--progress-json"])
+    captured = capsys.readouterr()
+    progress = [json.loads(line) for line in captured.err.splitlines()]
+    assert code == 0 and json.loads(captured.out)["requests"] == 5
+    assert progress and progress[-1]["done"] == 5 and progress[-1]["errors"] == 0

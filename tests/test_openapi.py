@@ -14,7 +14,6 @@ import asyncio
 import json
 import re
 import urllib.parse
-import uuid
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from server.metrics import build_metrics
 from server.pool import WorkerPool
 from server.protocol import EngineSpec
 from server.request import CONTROL_SPECS, REQUEST_SPECS
+from server.testing import multipart
 from tests.echo_worker import EchoOcrHandler, echo_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,17 +47,6 @@ OVERRIDES = {"ocr.predict_system.det_limit_side_len": 1280,
              "ocr.predict_system.use_angle_cls": False}
 MODELS = ("ppocr-v4", "ppocr-v6-small")
 CONTENT_TYPES = {".css": "text/css", ".js": "text/javascript", ".png": "image/png"}
-
-
-def multipart(fields: dict[str, str], file: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-             f"{value}\r\n".encode() for name, value in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                 'filename="img.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
-                 + file + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 class _References(HTMLParser):

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import urllib.parse
-import uuid
 from pathlib import Path
 
 import tornado.testing
@@ -20,27 +19,13 @@ from server.config import load_config
 from server.main import build_context, build_engine_spec, pool_config
 from server.ocr_worker import boot
 from server.pool import WorkerPool
+from server.testing import multipart
 from tests.pool_handlers import EventLog
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "docs" / "samples"
 RECEIPT = SAMPLES / "receipt.jpg"
 FIRST_LINE = "纯臻营养护发素"
-
-
-def multipart(fields: dict[str, str], file: bytes | None = None, filename: str = "img.jpg"
-              ) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                     f"{value}\r\n".encode())
-    if file is not None:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                     f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
-                     + file + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 class ServerTestCase(tornado.testing.AsyncHTTPTestCase):

@@ -19,7 +19,6 @@ import queue
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
+
+from server.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RECEIPT = ROOT / "docs" / "samples" / "receipt.jpg"
@@ -76,12 +77,6 @@ class Server:
         return response.status, json.loads(response.body)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("web-server")
@@ -93,7 +88,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     config["service"]["filename_roots"] = []
     config_file = folder / "config.json"
     config_file.write_text(json.dumps(config))
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "setup.py", "--config", str(config_file), "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
