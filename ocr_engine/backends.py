@@ -1,27 +1,66 @@
-"""Inference backends behind one small interface: `run(batch) -> first output`.
+"""Inference backends: one registry entry per runtime, each session behind `run(batch) -> output`.
 
-Each backend is imported only when chosen, so an onnxruntime worker never pays for importing
-paddle (seconds, hundreds of MB). Sessions are created once per process and are not shared
-between threads: the engine calls them from one thread at a time.
+`BACKENDS` maps a backend's name to what everything else derives from it: the model format it
+reads (the manifest's "onnx" or "paddle" entry), whether it loads the files the manifest derives
+at fetch time (onnxruntime: the fused ONNX graphs, faster on it) or the wheel's own (an
+OpenVINO backend would read the same format but prefer the unfused graphs), a factory that
+imports its runtime only when chosen (an onnxruntime worker never pays for importing paddle:
+seconds, hundreds of MB), and its process setup.
+
+Process setup: thread counts and environment variables belong to the process, not to an engine,
+so building an engine never changes them. `setup_process(name, threads)` applies them; call it
+once per process before building engines (the server's worker bootstrap, the CLI and the bench
+do). Sessions are created once per process and are not shared between threads: the engine calls
+them from one thread at a time.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Protocol
 
+import cv2
 import numpy as np
 
-from .errors import ModelNotFoundError
-
-BACKENDS = ("onnxruntime", "paddle")
+from .errors import BackendSetupError, ModelNotFoundError
 
 
 class InferenceSession(Protocol):
     metadata: dict[str, str]
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    model_format: str  # the manifest's format entry it reads: "onnx" or "paddle"
+    # True: the files the manifest derives at fetch time (the fused graphs) where a set has
+    # them; False: the wheel's own files.
+    loads_derived_files: bool
+    package: str  # the distribution that provides the runtime, for version reports
+    runtime_module: str  # what the factory imports (bench times the import on its own)
+    # (model path, threads) -> session; imports the runtime only when called.
+    factory: Callable[[Path, int], InferenceSession] = field(repr=False)
+    # Environment variables the runtime reads when it loads (set before it is imported).
+    environment: Callable[[int], dict[str, str]] = field(repr=False)
+
+    def open_session(self, path: Path, threads: int) -> InferenceSession:
+        return self.factory(Path(path), threads)
+
+
+# onnxruntime's CPU arena keeps the peak of every run: after the worst inputs the limits allow,
+# a worker held 1.9 GB until it was recycled. Runs with a larger input than this (elements) end
+# by handing the arena's free chunks back (run option memory.enable_memory_arena_shrinkage); the
+# worker then holds 0.35-0.7 GB (most of it the recogniser's arena after batches of the widest
+# lines, which stay under this size). On the benchmark page at 2 threads, shrinking after every
+# run cost 7-8% and running without the arena 19-22% (and held 0.5 GB); the page's runs stay
+# under this size (its detection input is 672 x 960 x 3 = 1.9 M), so it pays nothing.
+SHRINK_ARENA_ABOVE = 3_000_000
 
 
 class OnnxSession:
@@ -45,21 +84,27 @@ class OnnxSession:
                                              providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: batch})[0]
+        options = self._shrink if batch.size > SHRINK_ARENA_ABOVE else None
+        return self._session.run(None, {self._input: batch}, options)[0]
 
 
 class PaddleSession:
     """paddle.inference with oneDNN and the new executor.
 
     The legacy executor is faster on first sight but oneDNN caches a kernel per input shape and
-    the process grows to 6-7 GB; PIR with oneDNN crashes on these legacy-format models.
+    the process grows to 6-7 GB; PIR with oneDNN crashes on these legacy-format models, so the
+    process setup turns PIR off before paddle is imported.
     """
 
     def __init__(self, model_dir: Path, threads: int) -> None:
-        os.environ.setdefault("FLAGS_enable_pir_api", "0")
-        os.environ.setdefault("GLOG_minloglevel", "2")
+        if os.environ.get("FLAGS_enable_pir_api") != "0":
+            raise BackendSetupError(
+                "the paddle backend needs its process setup before paddle is imported: call "
+                "ocr_engine.backends.setup_process('paddle', threads) first")
         from paddle import inference
 
         model_file, params_file = paddle_model_files(model_dir)
@@ -97,13 +142,58 @@ def paddle_model_files(model_dir: Path) -> tuple[Path, Path]:
     raise ModelNotFoundError(f"no inference.pdmodel + inference.pdiparams in {model_dir}")
 
 
-def open_session(backend: str, path: Path, threads: int) -> InferenceSession:
-    if backend == "onnxruntime":
-        if not Path(path).is_file():
-            raise ModelNotFoundError(f"ONNX model file not found: {path}")
-        return OnnxSession(Path(path), threads)
-    if backend == "paddle":
-        if not Path(path).is_dir():
-            raise ModelNotFoundError(f"Paddle model directory not found: {path}")
-        return PaddleSession(Path(path), threads)
-    raise ModelNotFoundError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+def _open_onnx(path: Path, threads: int) -> InferenceSession:
+    if not path.is_file():
+        raise ModelNotFoundError(f"ONNX model file not found: {path}")
+    return OnnxSession(path, threads)
+
+
+def _open_paddle(path: Path, threads: int) -> InferenceSession:
+    if not path.is_dir():
+        raise ModelNotFoundError(f"Paddle model directory not found: {path}")
+    return PaddleSession(path, threads)
+
+
+def _paddle_environment(threads: int) -> dict[str, str]:
+    # PIR + oneDNN crashes on the legacy-format models; glog would print every pass at load.
+    # OpenMP sizes its pool from OMP_NUM_THREADS when paddle loads, before the predictor's
+    # thread count applies: without it a 1-thread worker ran 5 OS threads instead of 3 on 2
+    # cores (measured), idle OpenMP threads that grow with the machine's cores.
+    return {"FLAGS_enable_pir_api": "0", "GLOG_minloglevel": "2",
+            "OMP_NUM_THREADS": str(threads)}
+
+
+BACKENDS: Mapping[str, Backend] = MappingProxyType({backend.name: backend for backend in (
+    Backend("onnxruntime", "onnx", loads_derived_files=True, package="onnxruntime",
+            runtime_module="onnxruntime", factory=_open_onnx, environment=lambda threads: {}),
+    Backend("paddle", "paddle", loads_derived_files=False, package="paddlepaddle",
+            runtime_module="paddle.inference", factory=_open_paddle,
+            environment=_paddle_environment),
+)})
+# The names config choices and command lines offer, the default first.
+BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
+DEFAULT_BACKEND = BACKEND_NAMES[0]
+# The model formats the backends read, each once, in registry order.
+MODEL_FORMATS: tuple[str, ...] = tuple(dict.fromkeys(b.model_format for b in BACKENDS.values()))
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ModelNotFoundError(
+            f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}") from None
+
+
+def setup_process(backend: str, threads: int) -> None:
+    """Applies `backend`'s process-wide settings for engines of `threads` intra-op threads.
+
+    Call once per process, before building engines and before anything imports the backend's
+    runtime. Environment variables already set are left as they are (an operator's override).
+    """
+    entry = get_backend(backend)
+    # OpenCV's own pool would add threads on top of the inference threads; the pool sizes each
+    # worker's threads to its share of the cores.
+    cv2.setNumThreads(threads)
+    for name, value in entry.environment(threads).items():
+        os.environ.setdefault(name, value)

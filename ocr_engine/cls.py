@@ -1,50 +1,58 @@
-"""Text direction classifier: turns crops the model reads as upside down (label 180)."""
+"""Text direction classifier: tells which crops the model reads as upside down (label 180)."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from .backends import InferenceSession
+from .batching import plan_batches, resize_norm_padded
+from .crops import Crops, as_crops
+from .limits import EngineLimits
 
 LABELS = ("0", "180")
 
 
-def resize_norm_padded(crop: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resizes to `height` keeping the aspect ratio (at most `width`), scales to [-1, 1] and
-    right-pads with zeros to (3, height, width). Shared by the classifier and the recogniser."""
-    resized_w = min(width, int(math.ceil(height * crop.shape[1] / float(crop.shape[0]))))
-    resized = cv2.resize(crop, (resized_w, height)).astype(np.float32)
-    padded = np.zeros((3, height, width), dtype=np.float32)
-    padded[:, :, :resized_w] = (resized.transpose(2, 0, 1) / 255 - 0.5) / 0.5
-    return padded
+@dataclass(frozen=True)
+class Direction:
+    """The classifier's reading of one crop. `turned`: labelled 180 with a score over the
+    threshold, so the line is read turned 180 degrees."""
+
+    label: str
+    score: float
+    turned: bool
 
 
 class TextClassifier:
-    """crops -> (crops, some turned 180 degrees; [(label, score)] in input order)."""
+    """crops -> [Direction] in input order. Turning is the caller's: `crops.turned(...)`."""
 
-    def __init__(self, session: InferenceSession, image_shape=(3, 48, 192), batch_size: int = 6):
+    def __init__(self, session: InferenceSession, image_shape=(3, 48, 192), batch_size: int = 6,
+                 limits: EngineLimits | None = None) -> None:
+        limits = limits or EngineLimits()
         self.session = session
         self.height, self.width = image_shape[1], image_shape[2]
         self.batch_size = batch_size
+        if limits.cls_max_batch_pixels < self.height * self.width:
+            raise ValueError(f"cls_max_batch_pixels: must be at least {self.height} x "
+                             f"{self.width}, one classifier input")
+        self.max_batch_pixels = limits.cls_max_batch_pixels
 
-    def __call__(self, crops: list[np.ndarray], threshold: float
-                 ) -> tuple[list[np.ndarray], list[tuple[str, float]]]:
-        crops = list(crops)
-        results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+    def __call__(self, crops: Crops | Sequence[np.ndarray], threshold: float
+                 ) -> list[Direction]:
+        crops = as_crops(crops)
+        results: list[Direction] = [Direction("", 0.0, False)] * len(crops)
+        shapes = [crops.shape(i) for i in range(len(crops))]
         # Batching neighbours in aspect ratio keeps padding (and wasted compute) small.
-        order = np.argsort([c.shape[1] / float(c.shape[0]) for c in crops])
-        for start in range(0, len(crops), self.batch_size):
-            indices = order[start:start + self.batch_size]
-            batch = np.stack([resize_norm_padded(crops[i], self.height, self.width)
-                              for i in indices])
-            probs = self.session.run(batch)
-            for index, row in zip(indices, probs):
+        order = np.argsort([width / float(height) for height, width in shapes])
+        for batch in plan_batches([self.width] * len(order), self.height, self.batch_size,
+                                  self.max_batch_pixels):
+            indices = order[batch]
+            tensor = np.stack([resize_norm_padded(crops[i], self.height, self.width)
+                               for i in indices])
+            for index, row in zip(indices, self.session.run(tensor)):
                 label = LABELS[int(row.argmax())]
                 score = float(row.max())
-                results[index] = (label, score)
-                if label == "180" and score > threshold:
-                    crops[index] = cv2.rotate(crops[index], cv2.ROTATE_180)
-        return crops, results
+                results[index] = Direction(label, score, label == "180" and score > threshold)
+        return results

@@ -1,7 +1,8 @@
 """DB text detection: resize and normalise, run the model, turn the probability map into boxes.
 
 The post-processing is PaddleOCR 2.10's DBPostProcess (ppocr/postprocess/db_postprocess.py) for
-quadrilateral boxes, split into small helpers; the resize is its DetResizeForTest type 0.
+quadrilateral boxes, split into small helpers; the resize is its DetResizeForTest type 0, clamped
+to the engine's limits (limits.py) as PaddleOCR 3.x clamps it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from shapely.geometry import Polygon
 
 from .backends import InferenceSession
 from .geometry import filter_boxes
+from .limits import EngineLimits, detection_size
 from .options import OcrOptions
 
 MAX_CANDIDATES = 1000
@@ -31,22 +33,33 @@ class DetInput:
     src_width: int
 
 
-def resize_for_detection(image: np.ndarray, limit_side_len: int, limit_type: str) -> np.ndarray:
-    """Scales so the limited side meets `limit_side_len`, both sides rounded to multiples of 32."""
-    height, width = image.shape[:2]
-    if limit_type == "max":
-        ratio = limit_side_len / max(height, width) if max(height, width) > limit_side_len else 1.0
-    else:
-        ratio = limit_side_len / min(height, width) if min(height, width) < limit_side_len else 1.0
-    resize_h = max(int(round(int(height * ratio) / 32) * 32), 32)
-    resize_w = max(int(round(int(width * ratio) / 32) * 32), 32)
+@dataclass(frozen=True)
+class DetectedBoxes:
+    """Boxes in source-image pixels, (N, 4, 2) float32, clockwise from the top-left corner,
+    unsorted; `scores[i]` is box i's mean text probability (DB's box score)."""
+
+    boxes: np.ndarray
+    scores: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def resize_for_detection(image: np.ndarray, limit_side_len: int, limit_type: str,
+                         limits: EngineLimits | None = None) -> np.ndarray:
+    """Scales so the limited side meets `limit_side_len`, both sides rounded to multiples of 32,
+    within `limits` (see limits.detection_size)."""
+    resize_h, resize_w = detection_size(image.shape[0], image.shape[1], limit_side_len,
+                                        limit_type, limits or EngineLimits())
     return cv2.resize(image, (resize_w, resize_h))
 
 
 class DetPreprocess:
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 limits: EngineLimits | None = None) -> None:
         self.mean = np.array(mean, dtype=np.float32).reshape(1, 1, 3)
         self.std = np.array(std, dtype=np.float32).reshape(1, 1, 3)
+        self.limits = limits or EngineLimits()
 
     def __call__(self, image: np.ndarray, options: OcrOptions) -> DetInput:
         src_h, src_w = image.shape[:2]
@@ -56,8 +69,14 @@ class DetPreprocess:
             padded = np.zeros((max(32, src_h), max(32, src_w), 3), np.uint8)
             padded[:src_h, :src_w] = image
             image = padded
-        resized = resize_for_detection(image, options.det_limit_side_len, options.det_limit_type)
-        normalised = (resized.astype(np.float32) * np.float32(1 / 255.0) - self.mean) / self.std
+        resized = resize_for_detection(image, options.det_limit_side_len, options.det_limit_type,
+                                       self.limits)
+        # In place: at the area limit each float copy of the input is ~100 MB.
+        normalised = resized.astype(np.float32)
+        del resized
+        normalised *= np.float32(1 / 255.0)
+        normalised -= self.mean
+        normalised /= self.std
         tensor = np.ascontiguousarray(normalised.transpose(2, 0, 1)[None])
         return DetInput(tensor, src_h, src_w)
 
@@ -157,15 +176,16 @@ def boxes_from_probability_map(prob: np.ndarray, src_height: int, src_width: int
 
 
 class TextDetector:
-    """image (H, W, 3) BGR -> boxes (N, 4, 2) float32 in image pixels, unsorted."""
+    """image (H, W, 3) BGR -> DetectedBoxes in image pixels, unsorted."""
 
     def __init__(self, session: InferenceSession, preprocess: DetPreprocess | None = None) -> None:
         self.session = session
         self.preprocess = preprocess or DetPreprocess()
 
-    def __call__(self, image: np.ndarray, options: OcrOptions) -> np.ndarray:
+    def __call__(self, image: np.ndarray, options: OcrOptions) -> DetectedBoxes:
         det_input = self.preprocess(image, options)
         prob = self.session.run(det_input.tensor)[0, 0]
-        boxes, _ = boxes_from_probability_map(prob, det_input.src_height, det_input.src_width,
-                                              options)
-        return filter_boxes(boxes, image.shape[0], image.shape[1])
+        del det_input
+        boxes, scores = boxes_from_probability_map(prob, image.shape[0], image.shape[1], options)
+        kept, indices = filter_boxes(boxes, image.shape[0], image.shape[1])
+        return DetectedBoxes(kept, tuple(float(scores[i]) for i in indices))

@@ -41,3 +41,10 @@ class ModelChecksumError(OcrError):
     """A fetched model file does not match the sha256 in the manifest."""
 
     code = "model_checksum"
+
+
+class BackendSetupError(OcrError):
+    """A backend's process setup (backends.setup_process) was not applied before its engine
+    was built; a programming error at start-up, never a per-request one."""
+
+    code = "backend_setup"

@@ -10,6 +10,7 @@ light text on a transparent background stay readable.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 
@@ -50,9 +51,18 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     except Image.DecompressionBombError as exc:
         # Above twice its global limit (~179 Mpx) Pillow refuses in Image.open, before our
         # per-call check sees the size: still a too-large image, not an undecodable one.
-        raise ImageTooLargeError(f"the image is too large: {_short(exc)}") from None
-    except _DECODE_ERRORS as exc:
-        raise InvalidImageError(f"cannot decode the image: {_short(exc)}") from None
+        raise ImageTooLargeError(_bomb_message(exc, max_pixels)) from None
+    except UnidentifiedImageError:
+        raise InvalidImageError("cannot decode the image: not an image format we read "
+                                "(JPEG, PNG, WebP, BMP, GIF, TIFF, ...)") from None
+    except MemoryError:
+        raise InvalidImageError("cannot decode the image: it needs more memory than this "
+                                "worker has") from None
+    except _DECODE_ERRORS:
+        # Pillow's own texts name its internals (object reprs with heap addresses, decoder
+        # states): never part of a message a client may see.
+        raise InvalidImageError("cannot decode the image: the data is truncated or "
+                                "corrupt") from None
 
 
 def _to_bgr(image: Image.Image) -> np.ndarray:
@@ -75,31 +85,59 @@ def _to_bgr(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(rgb[..., ::-1])
 
 
+# Conversions run over bands of rows of about this many pixels: float copies of a whole 40 Mpx
+# image took 2.5 GB (RGBA compositing), more than detection at its limit.
+_BAND_PIXELS = 1 << 20
+
+
+def _row_bands(height: int, width: int):
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        yield slice(top, min(top + rows, height))
+
+
 def _to_8bit(values: np.ndarray) -> np.ndarray:
     """Maps 16-bit or 32-bit grey to 0..255 by the full range of the type actually used."""
-    values = values.astype(np.float64)
-    peak = values.max(initial=0.0)
-    if peak <= 255:
-        return np.clip(values, 0, 255).astype(np.uint8)
+    peak = float(values.max(initial=0))
     scale = 255.0 / (65535.0 if peak <= 65535 else peak)
-    return np.clip(values * scale + 0.5, 0, 255).astype(np.uint8)
+    out = np.empty(values.shape, np.uint8)
+    for band in _row_bands(*values.shape[:2]):
+        chunk = values[band].astype(np.float64)
+        if peak <= 255:
+            out[band] = np.clip(chunk, 0, 255).astype(np.uint8)
+        else:
+            out[band] = np.clip(chunk * scale + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def _composite_alpha(rgba: np.ndarray) -> np.ndarray:
-    """Flattens RGBA onto black when the visible pixels are light, onto white otherwise."""
-    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-    rgb = rgba[..., :3].astype(np.float32)
-    weight = float(alpha.sum())
+    """Flattens RGBA onto black when the visible pixels are light, onto white otherwise.
+
+    The alpha-weighted mean luminance is summed band by band in float64; each pixel is then
+    blended exactly as in one pass over the image.
+    """
+    height, width = rgba.shape[:2]
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    weight = weighted = 0.0
+    for band in _row_bands(height, width):
+        alpha = rgba[band, :, 3].astype(np.float32) / 255.0
+        luminance = rgba[band, :, :3].astype(np.float32) @ weights
+        weight += float(alpha.sum(dtype=np.float64))
+        weighted += float((luminance * alpha).sum(dtype=np.float64))
     if weight == 0.0:
         background = 255.0
     else:
-        luminance = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        mean_luminance = float((luminance * alpha[..., 0]).sum()) / weight
-        background = 0.0 if mean_luminance >= 128 else 255.0
-    out = rgb * alpha + background * (1.0 - alpha)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        background = 0.0 if weighted / weight >= 128 else 255.0
+    out = np.empty((height, width, 3), np.uint8)
+    for band in _row_bands(height, width):
+        alpha = rgba[band, :, 3:4].astype(np.float32) / 255.0
+        blended = rgba[band, :, :3].astype(np.float32) * alpha + background * (1.0 - alpha)
+        out[band] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
+def _bomb_message(exc: BaseException, max_pixels: int) -> str:
+    """Our words for Pillow's refusal, keeping only the pixel count it read from the header."""
+    found = re.search(r"\((\d{1,20}) pixels\)", str(exc))
+    size = f"declares {int(found.group(1))} pixels" if found else "declares too many pixels"
+    return f"the image is too large: it {size}, more than the limit of {max_pixels}"

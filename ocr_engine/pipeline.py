@@ -1,8 +1,11 @@
 """The OCR engine: decode -> detect -> crop -> classify direction -> recognise -> filter.
 
 An engine is built once (it loads three inference sessions) and then called for every image.
-Per-call options are arguments; nothing a call does changes what the next call sees. One engine
-is for one thread at a time: a server runs one engine per worker process.
+Per-call options and the decoder are arguments; nothing a call does changes what the next call
+sees. Building an engine changes nothing process-wide: thread counts and environment are set
+by `backends.setup_process`, called once per process before. One engine is for one thread at a
+time: a server runs one engine per worker process. Every tensor a call builds is capped by
+`EngineConfig.limits` (limits.py), whatever the image and options.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .backends import open_session
+from .backends import get_backend
 from .cls import TextClassifier
-from .det import TextDetector
+from .crops import ArrayCrops, BoxCrops, Crops
+from .det import DetPreprocess, TextDetector
 from .errors import ModelNotFoundError
-from .geometry import crop_rotated, sort_reading_order
+from .geometry import reading_order
 from .image import DEFAULT_MAX_PIXELS, decode_image
+from .limits import EngineLimits, detection_size
+from .memory import LARGE_CALL_PIXELS, release_freed_memory
 from .models import ModelPaths
 from .options import OcrOptions
-from .rec import TextRecognizer, build_charset, read_dictionary
+from .rec import CtcGreedyDecoder, Decoder, TextRecognizer, build_charset, read_dictionary
 
 Point = tuple[int, int]
 
@@ -63,25 +69,37 @@ class EngineConfig:
     rec_batch_size: int = 6
     max_pixels: int = DEFAULT_MAX_PIXELS
     defaults: OcrOptions = OcrOptions()
+    limits: EngineLimits = EngineLimits()
+
+
+@dataclass(frozen=True)
+class TextLines:
+    """The lines found in an image, in reading order: their boxes (N, 4, 2) float32 in image
+    pixels, their crops (made on demand) and the detector's box scores."""
+
+    boxes: np.ndarray
+    crops: Crops
+    scores: tuple[float, ...]
 
 
 class OcrEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        models = config.models
-        # OpenCV's own pool would add threads on top of the inference threads; the pool
-        # sizes each worker's threads to its share of the cores.
-        cv2.setNumThreads(config.threads)
-        det_session = open_session(models.backend, models.det, config.threads)
-        rec_session = open_session(models.backend, models.rec, config.threads)
-        self.detector = TextDetector(det_session)
-        charset = build_charset(_dictionary(models, rec_session))
-        self.recognizer = TextRecognizer(rec_session, charset, models.rec_image_shape,
-                                         config.rec_batch_size)
+        models, limits = config.models, config.limits
+        backend = get_backend(models.backend)
+        det_session = backend.open_session(models.det, config.threads)
+        rec_session = backend.open_session(models.rec, config.threads)
+        self.detector = TextDetector(det_session, DetPreprocess(limits=limits))
+        self.charset = build_charset(_dictionary(models, rec_session))
+        # What ocr() decodes with unless the call passes another decoder.
+        self.default_decoder = CtcGreedyDecoder(self.charset)
+        self.recognizer = TextRecognizer(rec_session, models.rec_image_shape,
+                                         config.rec_batch_size, limits)
         self.classifier = None
         if models.cls is not None:
-            cls_session = open_session(models.backend, models.cls, config.threads)
-            self.classifier = TextClassifier(cls_session, batch_size=config.cls_batch_size)
+            cls_session = backend.open_session(models.cls, config.threads)
+            self.classifier = TextClassifier(cls_session, batch_size=config.cls_batch_size,
+                                             limits=limits)
 
     @property
     def model_name(self) -> str:
@@ -94,19 +112,23 @@ class OcrEngine:
         cv2.putText(canvas, "ppocr-server", (20, 220), cv2.FONT_HERSHEY_SIMPLEX, 1.5, (0, 0, 0), 3)
         self.ocr_array(canvas, self.config.defaults)
 
-    def ocr(self, data: bytes, options: OcrOptions | None = None) -> OcrResult:
+    def ocr(self, data: bytes, options: OcrOptions | None = None,
+            decoder: Decoder | None = None) -> OcrResult:
         """Reads an encoded image (JPEG, PNG, ...); raises InvalidImageError on bad bytes."""
         start = time.perf_counter()
         image = decode_image(data, self.config.max_pixels)
         decode_ms = (time.perf_counter() - start) * 1000
-        result = self.ocr_array(image, options)
+        result = self.ocr_array(image, options, decoder)
         result.timings_ms["decode"] = decode_ms
         result.timings_ms["total"] += decode_ms
         return result
 
-    def ocr_array(self, image: np.ndarray, options: OcrOptions | None = None) -> OcrResult:
-        """Reads an (H, W, 3) BGR uint8 image."""
+    def ocr_array(self, image: np.ndarray, options: OcrOptions | None = None,
+                  decoder: Decoder | None = None) -> OcrResult:
+        """Reads an (H, W, 3) BGR uint8 image; `decoder` turns the recogniser's per-frame
+        probabilities into text (default: greedy CTC over the model's dictionary)."""
         options = options or self.config.defaults
+        decoder = decoder or self.default_decoder
         height, width = image.shape[:2]
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -119,25 +141,42 @@ class OcrEngine:
             clock = now
 
         if options.use_det:
-            boxes = sort_reading_order(self.detector(image, options))
+            found = self.text_lines(image, options)
             lap("det")
-            crops = [crop_rotated(image, box) for box in boxes]
+            boxes, crops = found.boxes, found.crops
         else:
-            boxes = [np.float32([[0, 0], [width, 0], [width, height], [0, height]])]
-            crops = [image]
+            boxes = np.float32([[[0, 0], [width, 0], [width, height], [0, height]]])
+            crops = ArrayCrops([image])
         lines: list[TextLine] = []
-        if crops:
+        if len(crops):
             if options.use_angle_cls and self.classifier is not None:
-                crops, _ = self.classifier(crops, options.cls_thresh)
+                directions = self.classifier(crops, options.cls_thresh)
+                crops = crops.turned(i for i, d in enumerate(directions) if d.turned)
                 lap("cls")
-            recognised = self.recognizer(crops)
+            recognised = self.recognizer(crops, decoder)
             lap("rec")
-            for box, (text, score) in zip(boxes, recognised):
-                if score >= options.drop_score:
+            for box, recognition in zip(boxes, recognised):
+                if recognition.score >= options.drop_score:
                     points = tuple((int(x), int(y)) for x, y in box)
-                    lines.append(TextLine(text, score, points))
+                    lines.append(TextLine(recognition.text, recognition.score, points))
+        if self._is_large(image, options):
+            release_freed_memory()
         timings["total"] = (time.perf_counter() - start) * 1000
         return OcrResult(width, height, lines, timings)
+
+    def _is_large(self, image: np.ndarray, options: OcrOptions) -> bool:
+        det_h, det_w = ((0, 0) if not options.use_det else detection_size(
+            image.shape[0], image.shape[1], options.det_limit_side_len, options.det_limit_type,
+            self.config.limits))
+        return image.shape[0] * image.shape[1] + det_h * det_w > LARGE_CALL_PIXELS
+
+    def text_lines(self, image: np.ndarray, options: OcrOptions | None = None) -> TextLines:
+        """Detection, in reading order: what the classifier and the recogniser are given."""
+        detected = self.detector(image, options or self.config.defaults)
+        order = reading_order(detected.boxes)
+        boxes = detected.boxes[order].reshape(-1, 4, 2)
+        return TextLines(boxes, BoxCrops(image, boxes),
+                         tuple(detected.scores[i] for i in order))
 
 
 def _dictionary(models: ModelPaths, rec_session) -> list[str]:

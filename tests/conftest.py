@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ocr_engine import EngineConfig, OcrEngine, OcrOptions, OcrResult, resolve_model_set
+from ocr_engine import (
+    EngineConfig,
+    OcrEngine,
+    OcrOptions,
+    OcrResult,
+    resolve_model_set,
+    setup_process,
+)
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -30,6 +37,8 @@ def eval_dir() -> Path:
 
 
 def _engine(backend: str) -> OcrEngine:
+    # What a worker's bootstrap does before it builds engines.
+    setup_process(backend, ENGINE_THREADS)
     return OcrEngine(EngineConfig(resolve_model_set("ppocr-v4", backend), threads=ENGINE_THREADS))
 
 

@@ -257,9 +257,8 @@ def test_recognition_only(read) -> None:
 def test_classifier_turns_an_upside_down_crop(onnx_engine: OcrEngine, eval_dir: Path,
                                               read) -> None:
     image = rapidocr_file("text_cls.jpg")
-    _, [(label, _score)] = onnx_engine.classifier([decode_image((eval_dir / image).read_bytes())],
-                                                  0.9)
-    assert label == "180"  # text_cls_only
+    [direction] = onnx_engine.classifier([decode_image((eval_dir / image).read_bytes())], 0.9)
+    assert direction.label == "180"  # text_cls_only
     assert texts(read(image, OcrOptions(use_det=False, use_angle_cls=True))) == ["怪我咯"]
     # Without the classifier the upside-down crop reads as nothing above drop_score.
     assert texts(read(image, OcrOptions(use_det=False, use_angle_cls=False))) == []
@@ -269,9 +268,9 @@ def test_classifier_on_the_old_cls_image(onnx_engine: OcrEngine, eval_dir: Path)
     # text_cls_old_only expects "0" on the stored (upright) pixels, which RapidOCR reads
     # without applying EXIF; with the tag applied the same sign is upside down.
     data = (eval_dir / rapidocr_file("text_cls_pre2025-10.jpg")).read_bytes()
-    _, [(stored, _)] = onnx_engine.classifier([decode_like_paddleocr(data)], 0.9)
-    _, [(oriented, _)] = onnx_engine.classifier([decode_image(data)], 0.9)
-    assert (stored, oriented) == ("0", "180")
+    [stored] = onnx_engine.classifier([decode_like_paddleocr(data)], 0.9)
+    [oriented] = onnx_engine.classifier([decode_image(data)], 0.9)
+    assert (stored.label, oriented.label) == ("0", "180")
 
 
 @pytest.mark.parametrize("name", ["black_font_color_transparent.png",
@@ -360,7 +359,7 @@ def test_doc_11_first_lines_of_the_old_whl_docs(eval_dir: Path, read) -> None:
 def test_doc_11_det_only_boxes(onnx_engine: OcrEngine, eval_dir: Path) -> None:
     case = _paddleocr_case(eval_dir, "pp_11_quickstart_det_only")  # sanity check, IoU > 0.8
     pixels = decode_image((eval_dir / case["image"]).read_bytes())
-    boxes = onnx_engine.detector(pixels, OcrOptions())
+    boxes = onnx_engine.detector(pixels, OcrOptions()).boxes
     for expected in case["expected_boxes"]:
         best = max(_iou(expected, box) for box in boxes)
         assert best > 0.8, f"no detected box overlaps {expected}"
@@ -402,10 +401,10 @@ def test_doc_word_crops_case_insensitive(eval_dir: Path, read, case_id: str) -> 
 def test_doc_classifier_labels(onnx_engine: OcrEngine, eval_dir: Path, case_id: str,
                                label: str) -> None:
     case = _paddleocr_case(eval_dir, case_id)  # label exact, score about 1
-    _, [(got, score)] = onnx_engine.classifier(
+    [direction] = onnx_engine.classifier(
         [decode_image((eval_dir / case["image"]).read_bytes())], 0.9)
-    assert got == case["expected"][0]["label"] == label
-    assert score > 0.99
+    assert direction.label == case["expected"][0]["label"] == label
+    assert direction.score > 0.99
 
 
 def test_doc_img_12_first_lines(eval_dir: Path, read) -> None:

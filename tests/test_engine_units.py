@@ -7,7 +7,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 
@@ -19,6 +22,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from ocr_engine import (
+    EngineConfig,
+    EngineLimits,
     ImageTooLargeError,
     InvalidImageError,
     InvalidOptionError,
@@ -35,7 +40,8 @@ from ocr_engine.det import (
 )
 from ocr_engine.geometry import crop_rotated, order_points_clockwise, sort_reading_order
 from ocr_engine.options import OPTION_NAMES
-from ocr_engine.rec import build_charset, ctc_greedy_decode, read_dictionary
+from ocr_engine.rec import CtcGreedyDecoder, Recognition, build_charset, read_dictionary
+from tests.conftest import TESTS_DIR
 
 DEFAULTS = OcrOptions()
 
@@ -161,8 +167,14 @@ def test_slow_score_follows_the_contour_fast_score_its_rectangle() -> None:
 
 # ---------------------------------------------------------------- detection resize
 
-def resized_shape(height: int, width: int, limit: int, limit_type: str) -> tuple[int, int]:
-    return resize_for_detection(np.zeros((height, width, 3), np.uint8), limit, limit_type).shape[:2]
+def resized_shape(height: int, width: int, limit: int, limit_type: str,
+                  limits: EngineLimits | None = None) -> tuple[int, int]:
+    image = np.zeros((height, width, 3), np.uint8)
+    return resize_for_detection(image, limit, limit_type, limits).shape[:2]
+
+
+# PaddleOCR's policy alone; test_engine_limits checks the clamp the engine's limits add.
+UNBOUNDED = EngineLimits(det_max_side=100_000, det_max_pixels=10**10)
 
 
 @pytest.mark.parametrize(("size", "limit", "limit_type", "expected"), [
@@ -191,7 +203,7 @@ def test_max_policy_gives_multiples_of_32_within_the_limit(height, width, limit)
 @settings(max_examples=40, deadline=None)
 @given(height=st.integers(50, 400), width=st.integers(50, 400), limit=st.integers(32, 736))
 def test_min_policy_gives_multiples_of_32_at_least_the_limit(height, width, limit) -> None:
-    out_h, out_w = resized_shape(height, width, limit, "min")
+    out_h, out_w = resized_shape(height, width, limit, "min", UNBOUNDED)
     assert out_h % 32 == 0 and out_w % 32 == 0 and min(out_h, out_w) >= 32
     assert min(out_h, out_w) >= limit - 16  # brought up to the limit, or already over it
 
@@ -214,6 +226,7 @@ def test_detection_input_is_imagenet_normalised_bgr() -> None:
 # ---------------------------------------------------------------- CTC decoding and the charset
 
 CHARSET = build_charset(["a", "b", "c"])  # blank, a, b, c, space
+decode = CtcGreedyDecoder(CHARSET)
 
 
 def one_hot(indices: list[int], peaks: list[float] | None = None) -> np.ndarray:
@@ -226,30 +239,30 @@ def one_hot(indices: list[int], peaks: list[float] | None = None) -> np.ndarray:
 
 
 def test_ctc_repeats_collapse() -> None:
-    assert ctc_greedy_decode(one_hot([1, 1, 1, 2, 2, 3]), CHARSET)[0][0] == "abc"
+    assert decode(one_hot([1, 1, 1, 2, 2, 3]))[0].text == "abc"
 
 
 def test_ctc_blank_separates_repeats() -> None:
-    assert ctc_greedy_decode(one_hot([1, 1, 0, 1, 2]), CHARSET)[0][0] == "aab"
+    assert decode(one_hot([1, 1, 0, 1, 2]))[0].text == "aab"
 
 
 def test_ctc_space_is_the_last_class() -> None:
-    assert ctc_greedy_decode(one_hot([1, 4, 2]), CHARSET)[0][0] == "a b"
+    assert decode(one_hot([1, 4, 2]))[0].text == "a b"
 
 
 def test_ctc_all_blank_is_empty_with_zero_score() -> None:
-    assert ctc_greedy_decode(one_hot([0, 0, 0]), CHARSET) == [("", 0.0)]
+    assert decode(one_hot([0, 0, 0])) == [Recognition("", 0.0)]
 
 
 def test_ctc_score_is_the_mean_of_the_kept_characters() -> None:
     # Kept: step 0 (a, 0.9) and step 3 (b, 0.6); the repeat and the blank do not count.
-    text, score = ctc_greedy_decode(one_hot([1, 1, 0, 2], [0.9, 0.5, 0.7, 0.6]), CHARSET)[0]
-    assert text == "ab" and score == pytest.approx(0.75)
+    recognition = decode(one_hot([1, 1, 0, 2], [0.9, 0.5, 0.7, 0.6]))[0]
+    assert recognition.text == "ab" and recognition.score == pytest.approx(0.75)
 
 
 def test_ctc_decodes_each_row_of_a_batch() -> None:
     batch = np.concatenate([one_hot([1, 0, 2]), one_hot([3, 3, 0])])
-    assert [text for text, _ in ctc_greedy_decode(batch, CHARSET)] == ["ab", "c"]
+    assert [recognition.text for recognition in decode(batch)] == ["ab", "c"]
 
 
 def test_build_charset() -> None:
@@ -706,5 +719,43 @@ def test_both_backends_read_the_same(onnx_engine: OcrEngine, paddle_engine: OcrE
 def test_both_backends_use_the_same_dictionary(onnx_engine: OcrEngine,
                                                paddle_engine: OcrEngine) -> None:
     # ONNX carries it as metadata, the Paddle set as ppocr_keys_v1.txt: 6623 + blank + space.
-    assert onnx_engine.recognizer.charset == paddle_engine.recognizer.charset
-    assert len(onnx_engine.recognizer.charset) == 6625
+    assert onnx_engine.charset == paddle_engine.charset
+    assert len(onnx_engine.charset) == 6625
+
+
+# ---------------------------------------------------------------- process-wide settings
+
+def test_building_an_engine_changes_nothing_process_wide(onnx_engine: OcrEngine) -> None:
+    threads, environment = cv2.getNumThreads(), dict(os.environ)
+    cv2.setNumThreads(3)
+    try:
+        OcrEngine(EngineConfig(onnx_engine.config.models, threads=1))
+        assert cv2.getNumThreads() == 3 and dict(os.environ) == environment
+    finally:
+        cv2.setNumThreads(threads)
+
+
+SETUP_CHECK = """
+import os, cv2
+from ocr_engine import BackendSetupError, EngineConfig, OcrEngine, resolve_model_set
+from ocr_engine.backends import setup_process
+try:
+    OcrEngine(EngineConfig(resolve_model_set("ppocr-v4", "paddle")))
+except BackendSetupError as error:
+    print("refused:", error)
+setup_process("paddle", 3)
+print(os.environ["FLAGS_enable_pir_api"], os.environ["OMP_NUM_THREADS"], cv2.getNumThreads())
+"""
+
+
+def test_paddle_needs_its_process_setup_and_says_so() -> None:
+    """In a fresh process: a paddle engine built without setup_process is refused with a
+    message that names the call (PIR would crash it later); the setup sets what it must."""
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("FLAGS_enable_pir_api", "OMP_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", SETUP_CHECK], capture_output=True, text=True,
+                          env=environment, cwd=TESTS_DIR.parent, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    refused, settings_line = done.stdout.strip().splitlines()[-2:]
+    assert refused.startswith("refused:") and "setup_process('paddle'" in refused
+    assert settings_line.split() == ["0", "3", "3"]

@@ -9,12 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from ocr_engine import OcrOptions, decode_image
-from ocr_engine.cls import resize_norm_padded
-from ocr_engine.det import DetPreprocess
+from ocr_engine import CtcGreedyDecoder, OcrOptions, decode_image, resolve_model_set
 from ocr_engine.fusion import fuse_model
-from ocr_engine.geometry import crop_rotated, sort_reading_order
-from ocr_engine.rec import ctc_greedy_decode
 from tests.onnx_graphs import GraphBuilder, lcnet_like_model, op_counts
 
 
@@ -96,21 +92,20 @@ def test_real_models_fused_read_the_same(onnx_engine, eval_dir, image) -> None:
     differential tests compare the whole pipeline: rapidocr runs the original files.)"""
     paths = onnx_engine.config.models
     assert (paths.det.name, paths.rec.name) == ("det.fused.onnx", "rec.fused.onnx")
-    original = {stage: str(getattr(paths, stage).with_name(f"{stage}.onnx"))
-                for stage in ("det", "rec")}
+    wheel = resolve_model_set(paths.name, paths.backend, derived_files=False)
+    original = {stage: str(getattr(wheel, stage)) for stage in ("det", "rec")}
     page = decode_image((eval_dir / image).read_bytes())
 
-    det_input = DetPreprocess()(page, OcrOptions()).tensor
+    det_input = onnx_engine.detector.preprocess(page, OcrOptions()).tensor
     np.testing.assert_allclose(run(str(paths.det), det_input), run(original["det"], det_input),
                                atol=1e-3)
 
-    boxes = sort_reading_order(onnx_engine.detector(page, OcrOptions()))
-    crops = [crop_rotated(page, box) for box in boxes[:6]]
+    lines = onnx_engine.text_lines(page, OcrOptions())
+    crops = [lines.crops[i] for i in range(min(6, len(lines.crops)))]
     assert len(crops) == 6
-    width = max(320, *(int(48 * c.shape[1] / c.shape[0]) for c in crops))
-    batch = np.stack([resize_norm_padded(c, 48, width) for c in crops])
-    fused, plain = run(str(paths.rec), batch), run(original["rec"], batch)
+    # The engine's own batching: one batch of the 6 crops, padded to the widest.
+    [batch] = list(onnx_engine.recognizer.batches(crops))
+    fused, plain = run(str(paths.rec), batch.tensor), run(original["rec"], batch.tensor)
     np.testing.assert_allclose(fused, plain, atol=1e-3)
-    charset = onnx_engine.recognizer.charset
-    assert ([text for text, _ in ctc_greedy_decode(fused, charset)]
-            == [text for text, _ in ctc_greedy_decode(plain, charset)])
+    decode = CtcGreedyDecoder(onnx_engine.charset)
+    assert ([line.text for line in decode(fused)] == [line.text for line in decode(plain)])

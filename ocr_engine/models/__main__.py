@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..backends import MODEL_FORMATS
 from ..errors import ModelChecksumError, ModelNotFoundError
 from . import DEFAULT_MODELS_DIR, _set_entry, fetch, is_installed, load_manifest, verify
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     for verb in ("fetch", "verify"):
         cmd = sub.add_parser(verb, help=f"{verb} model sets (default: the default set)")
         cmd.add_argument("sets", nargs="*")
-        cmd.add_argument("--format", choices=("onnx", "paddle", "all"), default="onnx")
+        cmd.add_argument("--format", choices=(*MODEL_FORMATS, "all"), default=MODEL_FORMATS[0])
         if verb == "fetch":
             cmd.add_argument("--force", action="store_true", help="reinstall even if present")
     args = parser.parse_args(argv)
