@@ -34,7 +34,9 @@ PROTOCOL = "@@bench "  # prefix of the runner's messages on its stdout
 def engine_process(threads: int, models_dir: str, tasks, results) -> None:
     import queue
 
-    from ocr_engine import EngineConfig, OcrEngine, resolve_model_set
+    from ocr_engine import EngineConfig, OcrEngine, resolve_model_set, setup_process
+
+    setup_process("onnxruntime", threads)  # as a server worker's bootstrap does
 
     parent = os.getppid()
 

@@ -6,6 +6,7 @@ import tornado.web
 
 from .handlers.base import AppContext, HttpPolicy, Lifecycle, Services
 from .handlers.docs import ApiDocs, DocsFileHandler, DocsPageHandler, OpenApiHandler
+from .handlers.jobs import JobCancelHandler, JobHandler, JobResultsHandler, JobsHandler
 from .handlers.metrics import MetricsHandler
 from .handlers.ocr import OcrServiceHandler, TaskHandler, done_body
 from .handlers.ops import HealthHandler, NotFoundHandler, ReadyHandler
@@ -22,6 +23,11 @@ def make_app(context: AppContext, access_log: AccessLog | None = None
         [
             tornado.web.url(r"/ocr_service/?", OcrServiceHandler, args, name="ocr"),
             tornado.web.url(r"/ocr_service/([^/]+)", TaskHandler, args, name="task"),
+            tornado.web.url(r"/jobs/?", JobsHandler, args),
+            tornado.web.url(r"/jobs/([^/]+)", JobHandler, args, name="job"),
+            tornado.web.url(r"/jobs/([^/]+)/cancel", JobCancelHandler, args, name="job_cancel"),
+            tornado.web.url(r"/jobs/([^/]+)/results", JobResultsHandler, args,
+                            name="job_results"),
             tornado.web.url(r"/health", HealthHandler, args),
             tornado.web.url(r"/ready", ReadyHandler, args),
             tornado.web.url(r"/metrics", MetricsHandler, args),

@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocr_engine import InvalidOptionError
+from ocr_engine import EngineLimits, InvalidOptionError
+from ocr_engine.backends import BACKEND_NAMES, DEFAULT_BACKEND
 from ocr_engine.options import OcrOptions, option_spec
+
+# Rendering resolution of document pages (config default and the request's `dpi` field).
+MIN_DPI, MAX_DPI = 50, 600
 
 
 class ConfigError(ValueError):
@@ -28,6 +32,12 @@ def _option(name: str) -> Any:
     spec = option_spec(name)
     return _key(spec.default, spec.description, low=spec.low, high=spec.high,
                 choices=spec.choices, option=name)
+
+
+def _limit(name: str, doc: str) -> Any:
+    """A config key for one of the engine's tensor limits (default from ocr_engine)."""
+    default = next(spec.default for spec in dataclasses.fields(EngineLimits) if spec.name == name)
+    return _key(default, doc, low=1, high=10**10)
 
 
 def _key(default: Any, doc: str, *, low: float | None = None, high: float | None = None,
@@ -91,7 +101,7 @@ class ProcessConfig:
 
 @dataclass(frozen=True)
 class PredictSystemConfig:
-    backend: str = _key("onnxruntime", "inference backend", choices=("onnxruntime", "paddle"))
+    backend: str = _key(DEFAULT_BACKEND, "inference backend", choices=BACKEND_NAMES)
     model: str = _key("ppocr-v4", "default model set (models/manifest.json), or the name given "
                       "to det_model_dir/rec_model_dir models")
     models: list = _key([], "further model sets every worker loads; a request picks one with "
@@ -111,6 +121,8 @@ class PredictSystemConfig:
     cls_batch_num: int = _key(6, "direction classifier batch size", low=1, high=64)
     max_pixels: int = _key(40_000_000, "largest image (width x height) accepted; larger ones "
                            "are refused before decoding (413)", low=1, high=10**9)
+    dpi: int = _key(200, "resolution PDF pages are rendered at for OCR, unless a request "
+                    "gives 'dpi'", low=MIN_DPI, high=MAX_DPI)
     # PaddleOCR's options: default, range and description come from ocr_engine.options.
     use_angle_cls: bool = _option("use_angle_cls")
     det_limit_side_len: int = _option("det_limit_side_len")
@@ -123,8 +135,27 @@ class PredictSystemConfig:
     cls_thresh: float = _option("cls_thresh")
     drop_score: float = _option("drop_score")
 
-    def engine_limits(self):  # TODO(engine limits): wire to ocr_engine's limits
-        return None
+    # Caps on every tensor a request can cause (ocr_engine/limits.py): the worst case per
+    # worker is bounded by construction, whatever the image and options (README).
+    det_max_side: int = _limit("det_max_side", "longest side of the detection input; larger "
+                               "ones are scaled down (PaddleOCR 3.x clamps at 4000)")
+    det_max_pixels: int = _limit("det_max_pixels", "area of the detection input; larger ones "
+                                 "are scaled down (~160 bytes of peak memory per pixel)")
+    rec_max_width: int = _limit("rec_max_width", "widest recognition input in columns at the "
+                                "model's height; wider lines are read in overlapping pieces")
+    rec_max_line_width: int = _limit("rec_max_line_width", "most columns one line is read at "
+                                     "over all its pieces; longer lines are squeezed to it")
+    rec_max_batch_pixels: int = _limit("rec_max_batch_pixels", "batch x height x padded width "
+                                       "of one recognition batch")
+    cls_max_batch_pixels: int = _limit("cls_max_batch_pixels", "batch x height x width of one "
+                                       "direction-classifier batch")
+
+    def engine_limits(self) -> EngineLimits:
+        try:
+            return EngineLimits(**{spec.name: getattr(self, spec.name)
+                                   for spec in dataclasses.fields(EngineLimits)})
+        except ValueError as exc:
+            raise ConfigError(f"ocr.predict_system.{exc}") from None
 
     def default_options(self) -> OcrOptions:
         names = {f.name for f in dataclasses.fields(OcrOptions)}
@@ -147,6 +178,31 @@ class ServiceConfig:
                           low=1, high=10**7)
     filename_roots: list = _key([], "folders file_type=filename may read from (their real "
                                 "paths); empty = filename mode refused with 403")
+    max_pages: int = _key(200, "pages a document may have (a PDF or TIFF with more is "
+                          "refused with 413 too_many_pages)", low=1, high=100000)
+    max_batch: int = _key(32, "images or documents one request may send (repeated 'file' "
+                          "parts, or 'img_src' as a JSON list); more is 413", low=1, high=10000)
+    state_dir: str = _key("state", "folder of the server's lasting state (the folder jobs' "
+                          "SQLite file and spooled ZIP entries), relative to the config file; "
+                          "created at start")
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    max_workers: int = _key(0, "folder-job items in flight at once (each holds a worker or "
+                            "waits for one at background priority); 0 = all workers but one, "
+                            "1 when there is one", low=0, high=64)
+    retention: float = _key(7 * 86400.0, "seconds a finished job (done, failed, cancelled) and "
+                            "its results are kept; checked at start and periodically",
+                            low=60, high=10**9)
+    max_items: int = _key(100_000, "files a folder or ZIP job may hold (413 beyond)", low=1,
+                          high=10**7)
+    max_zip_entries: int = _key(10_000, "entries a ZIP upload may declare, folders included "
+                                "(413 beyond, refused before it is unpacked)", low=1,
+                                high=10**6)
+    max_zip_bytes: int = _key(1 << 30, "total uncompressed bytes a ZIP upload's entries may "
+                              "declare (413 beyond, refused before it is unpacked)",
+                              low=1024, high=1 << 40)
 
 
 @dataclass(frozen=True)
@@ -154,6 +210,7 @@ class Config:
     web_server: WebServerConfig = field(default_factory=WebServerConfig)
     ocr: OcrConfig = field(default_factory=OcrConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     # Where relative paths in the file are resolved from (the config file's folder).
     base_dir: Path = field(default=Path("."), compare=False)
 
@@ -189,6 +246,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             node = node.setdefault(part, {})
         node[last] = value
     config = _build(Config, data, "")
+    config.ocr.predict_system.engine_limits()  # the limits' own cross-checks (ConfigError)
     return dataclasses.replace(config, base_dir=base_dir)
 
 
@@ -212,7 +270,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def _field_class(cls: type, name: str) -> Any:
     return {"web_server": WebServerConfig, "ocr": OcrConfig, "service": ServiceConfig,
-            "process": ProcessConfig, "predict_system": PredictSystemConfig}.get(name) \
+            "jobs": JobsConfig, "process": ProcessConfig,
+            "predict_system": PredictSystemConfig}.get(name) \
         if cls in _SECTIONS else None
 
 

@@ -30,17 +30,33 @@ CATALOGUE: dict[str, ErrorKind] = {kind.code: kind for kind in (
     ErrorKind("missing_field", 400, "a required request field is missing"),
     ErrorKind("invalid_option", 400, "an OCR option is of the wrong type or out of range"),
     ErrorKind("unknown_model", 400, "the requested model set is not loaded"),
+    ErrorKind("password_required", 400, "the PDF is encrypted: send its 'password'"),
+    ErrorKind("wrong_password", 400, "the 'password' does not open the encrypted PDF"),
+    ErrorKind("invalid_archive", 400, "the upload is not a readable ZIP, or an entry has an "
+              "unsafe name (absolute, '..'), is a link, is encrypted or is itself an archive"),
     ErrorKind("unauthorized", 401, "missing or wrong 'Authorization: Bearer' token"),
     ErrorKind("forbidden_path", 403, "the filename is outside service.filename_roots, or "
               "filename mode is disabled"),
-    ErrorKind("not_found", 404, "no such endpoint, or no such task (unknown or expired)"),
+    ErrorKind("not_found", 404, "no such endpoint, or no such task or job (unknown, expired "
+              "or deleted)"),
     ErrorKind("file_not_found", 404, "the filename does not exist inside the allowed roots"),
     ErrorKind("method_not_allowed", 405, "the endpoint does not take this HTTP method"),
+    ErrorKind("job_finished", 409, "the job has already finished; there is nothing to cancel"),
     ErrorKind("too_large", 413, "the request body or file is over web_server.max_body_size"),
-    ErrorKind("image_too_large", 413, "the image has more pixels than max_pixels (refused "
-              "before decoding)"),
+    ErrorKind("too_many_items", 413, "the folder or ZIP holds more files than jobs.max_items, "
+              "or the ZIP declares more entries than jobs.max_zip_entries"),
+    ErrorKind("archive_too_large", 413, "the ZIP's entries declare more than jobs.max_zip_bytes "
+              "uncompressed, or one entry more than web_server.max_body_size"),
+    ErrorKind("image_too_large", 413, "the image, or a document page at the asked dpi, has "
+              "more pixels than max_pixels (refused before decoding or rendering)"),
+    ErrorKind("too_many_pages", 413, "the document has more pages than service.max_pages"),
+    ErrorKind("batch_too_large", 413, "the request sends more images than service.max_batch"),
     ErrorKind("invalid_image", 415, "the bytes are not a decodable image"),
+    ErrorKind("invalid_document", 415, "the PDF or TIFF cannot be read (truncated, corrupt, "
+              "no pages, an unsupported encryption)"),
     ErrorKind("unsupported_media_type", 415, "the request's Content-Type is not supported"),
+    ErrorKind("document_too_complex", 422, "reading the document ran past its memory or "
+              "time budget, or crashed the PDF reader (a PDF bomb, or just too complex)"),
     ErrorKind("headers_too_large", 431, "the request's headers are over the limit"),
     ErrorKind("worker_crashed", 500, "the OCR worker died on this image twice"),
     ErrorKind("model_not_found", 500, "a model file the server needs is missing"),

@@ -1,4 +1,7 @@
-"""Start-up and shutdown: build the worker spec from the config, start the pool, serve HTTP.
+"""Start-up and shutdown: build the worker spec from the config, start the pool, open the job
+store (service.state_dir) and start the job runner, which resumes unfinished jobs, then serve
+HTTP. On SIGTERM the runner stops first (its items in flight finish and are committed), then
+the pool.
 
 Signals only set an event (the handler does nothing else); the main coroutine then stops the
 listener, refuses new requests, lets accepted ones finish, stops the workers and returns.
@@ -17,6 +20,7 @@ from .app import make_app
 from .config import Config
 from .handlers.base import AppContext, HttpPolicy, Lifecycle, Services
 from .http import GuardedHTTPServer, raise_fd_limit
+from .jobs import JobLimits, JobRunner
 from .logs import configure_logging
 from .metrics import Metrics, build_metrics
 from .ocr_worker import boot
@@ -24,11 +28,14 @@ from .pool import PoolBootError, PoolConfig, WorkerPool
 from .protocol import EngineSpec
 from .request import RequestPolicy
 from .service import OcrService
+from .store import JobStore
 from .store.memory import MemoryResultCache, MemoryTaskStore
+from .store.sqlite import SqliteJobStore
 
 log = logging.getLogger("ppocr")
 
 EXIT_OK, EXIT_BOOT_FAILURE = 0, 3
+JOBS_FILE = "jobs.sqlite3"  # in service.state_dir
 
 
 def build_engine_spec(config: Config) -> EngineSpec:
@@ -61,28 +68,48 @@ def pool_config(config: Config) -> PoolConfig:
                       task_timeout=process.task_timeout, queue_size=process.queue_size,
                       boot_timeout=process.boot_timeout, ping_interval=process.ping_interval,
                       ping_timeout=process.ping_timeout,
-                      max_worker_rss_mb=process.max_worker_rss_mb)
+                      max_worker_rss_mb=process.max_worker_rss_mb,
+                      background_workers=config.jobs.max_workers)
+
+
+def job_limits(config: Config) -> JobLimits:
+    jobs = config.jobs
+    return JobLimits(max_in_flight=pool_config(config).background_cap,
+                     retention=jobs.retention, max_items=jobs.max_items,
+                     max_zip_entries=jobs.max_zip_entries, max_zip_bytes=jobs.max_zip_bytes)
 
 
 def build_context(config: Config, pool: WorkerPool, spec: EngineSpec,
-                  metrics: Metrics | None = None) -> AppContext:
+                  metrics: Metrics | None = None, job_store: JobStore | None = None
+                  ) -> AppContext:
+    """The handlers' context. With a `job_store`, folder jobs are on: the context's
+    `services.jobs` runner must then be started (and closed) by the caller."""
     service_config = config.service
     ocr = OcrService(lambda job, request_id, lane: pool.submit(job, lane, request_id),
                      MemoryResultCache(service_config.img_number, service_config.time),
-                     MemoryTaskStore(service_config.max_tasks, service_config.task_ttl))
-    if metrics is not None:
-        metrics.watch(pool, ocr)
+                     MemoryTaskStore(service_config.max_tasks, service_config.task_ttl),
+                     promote=pool.promote)
     web = config.web_server
     requests = RequestPolicy(
         defaults=spec.defaults, default_model=config.ocr.predict_system.model,
         models=tuple(spec.models),
         filename_roots=tuple(config.resolve(root) for root in service_config.filename_roots),
-        max_body_size=web.max_body_size)
+        max_body_size=web.max_body_size, default_dpi=config.ocr.predict_system.dpi,
+        max_pages=service_config.max_pages, max_batch=service_config.max_batch,
+        max_pixels=config.ocr.predict_system.max_pixels)
+    jobs = None
+    if job_store is not None:
+        jobs = JobRunner(job_store, ocr, requests, job_limits(config),
+                         config.resolve(service_config.state_dir),
+                         on_item_finished=metrics.job_item_finished if metrics else None)
+    if metrics is not None:
+        metrics.watch(pool, ocr, running_jobs=(lambda: jobs.running_jobs) if jobs else
+                      (lambda: 0))
     return AppContext(http=HttpPolicy(api_token=web.api_token,
                                       cors_origins=tuple(web.cors_origins),
                                       request_timeout=web.request_timeout),
                       requests=requests, lifecycle=Lifecycle(),
-                      services=Services(pool=pool, ocr=ocr, metrics=metrics))
+                      services=Services(pool=pool, ocr=ocr, metrics=metrics, jobs=jobs))
 
 
 def build_http_server(config: Config, context: AppContext) -> GuardedHTTPServer:
@@ -117,7 +144,16 @@ async def serve(config: Config) -> int:
     except PoolBootError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_BOOT_FAILURE
-    context = build_context(config, pool, spec, metrics)
+    state_dir = config.resolve(config.service.state_dir)
+    context = build_context(config, pool, spec, metrics, SqliteJobStore(state_dir / JOBS_FILE))
+    jobs = context.services.jobs
+    try:
+        await jobs.start()  # after the pool: resumed jobs read at once
+    except Exception as exc:  # noqa: BLE001 - any failure to open the state must stop the start
+        log.error("cannot start: the job store in %s: %s", state_dir, exc)
+        await jobs.close()
+        await pool.close(timeout=0)
+        return EXIT_BOOT_FAILURE
     server = build_http_server(config, context)
     server.listen(config.web_server.port, config.web_server.address)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -129,6 +165,8 @@ async def serve(config: Config) -> int:
     lifecycle = context.lifecycle
     lifecycle.draining = True
     server.stop()
+    # Jobs first: no new item is dispatched, the ones in flight finish and are committed.
+    await jobs.close()
     await pool.close(timeout=config.ocr.process.task_timeout)
     if lifecycle.active_requests:
         # Let handlers whose results just arrived write their responses.
@@ -151,4 +189,4 @@ def run(config: Config) -> int:
 
 
 __all__ = ["run", "serve", "build_engine_spec", "build_context", "build_http_server",
-           "pool_config"]
+           "job_limits", "pool_config"]

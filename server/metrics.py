@@ -20,9 +20,9 @@ Two kinds of metric:
 Labels are bounded: routes are the app's route patterns (an unknown path is "unmatched"),
 methods Tornado's own, models and stages those the engine reports.
 
-Folder jobs come in a later issue: `ppocr_job_items_total` and `ppocr_jobs_running` are
-declared now (so dashboards and alerts can be written against them) and stay 0 until the job
-runner reports through `job_item_finished` and `watch(..., running_jobs=...)`.
+Folder jobs: `ppocr_job_items_total{outcome}` counts finished items (done, cached, failed)
+as the job runner reports them through `job_item_finished`; `ppocr_jobs_running` is read from
+the runner at scrape time (`watch(..., running_jobs=...)`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
                  30.0, 60.0)
 STAGES = ("decode", "det", "cls", "rec", "total")
 RESTART_REASONS = (RECYCLED, MEMORY, CRASHED, TIMED_OUT, UNRESPONSIVE, BOOT_FAILURE)
-JOB_ITEM_OUTCOMES = ("done", "failed")
+JOB_ITEM_OUTCOMES = ("done", "cached", "failed")
 _METHODS = frozenset(("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"))
 UNMATCHED_ROUTE = "unmatched"
 _GROUP = re.compile(r"\((?:\?P<(\w+)>)?[^)]*\)")
@@ -115,8 +115,8 @@ class Metrics(PoolObserver):
             "ppocr_queue_refused", "jobs the pool refused (503), by lane and reason: queue_full,"
             " unavailable (no worker), shutting_down", ["lane", "reason"], registry=registry)
         self.job_items = Counter(
-            "ppocr_job_items", "folder-job items finished, by outcome (folder jobs are not "
-            "implemented yet: always 0)", ["outcome"], registry=registry)
+            "ppocr_job_items", "folder-job items finished, by outcome (done, cached, failed)",
+            ["outcome"], registry=registry)
         for reason in RESTART_REASONS:
             self.restarts.labels(reason)
         for lane in Lane:
@@ -163,7 +163,7 @@ class Metrics(PoolObserver):
             self._routes[kind] = route
         return route
 
-    # -- jobs (a later issue) ---------------------------------------------------------------
+    # -- folder jobs ------------------------------------------------------------------------
 
     def job_item_finished(self, outcome: str) -> None:
         self.job_items.labels(outcome).inc()
@@ -266,6 +266,6 @@ class _StateCollector:
             counter("ppocr_engine_runs", "runs sent to the pool (cache misses not shared)",
                     "runs"),
             gauge("ppocr_tasks_pending", "non-blocking tasks not finished yet", "pending_tasks"),
-            gauge("ppocr_jobs_running", "folder jobs running (not implemented yet: always 0)",
+            gauge("ppocr_jobs_running", "folder jobs running",
                   "running_jobs"),
         ]

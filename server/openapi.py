@@ -241,6 +241,97 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/web/settings"): Operation(
         "What the web page offers: models, option defaults and ranges", "web",
         {"200": _json("WebSettings", "this server's models and options")}),
+    ("post", "/jobs"): Operation(
+        "Start a folder or ZIP job", "jobs",
+        {"201": _json({"$ref": "#/components/schemas/JobCreated"}, "the job was accepted; "
+                      "follow url for its progress, result_url for its results"),
+         "200": _json({"$ref": "#/components/schemas/JobCreated"}, "an identical job (same "
+                      "files, sizes and mtimes, or the same ZIP, and the same options) "
+                      "exists: its id")},
+        "A JSON body `{\"directory\": \"scans\", \"recursive\": true, \"patterns\": "
+        "[\"*.jpg\", \"*.pdf\"], ...options}` reads a folder inside "
+        "`service.filename_roots` (symlinks leading outside the roots are skipped and "
+        "counted); a multipart body with a ZIP in `file` (and the same fields as form "
+        "fields) reads the ZIP's images and documents. Fields: `directory`, `recursive`, "
+        "`patterns`, `file`, `model`, `dpi`, `pdf_text` and the OCR options of POST "
+        "/ocr_service, validated the same way. Items are read at background priority: "
+        "interactive requests always go first. A PDF or multi-page TIFF is one item per "
+        "page. 404 when the server runs without a job store.",
+        errors=("bad_request", "invalid_field", "missing_field", "invalid_option",
+                "unknown_model", "invalid_archive", "forbidden_path", "not_found",
+                "file_not_found", "too_large", "too_many_items", "archive_too_large",
+                "unsupported_media_type", "shutting_down")),
+    ("get", "/jobs"): Operation(
+        "List the jobs, newest first", "jobs",
+        {"200": _json({"type": "object", "required": ["jobs", "total", "limit", "offset",
+                                                      "next"],
+                       "properties": {
+                           "jobs": {"type": "array",
+                                    "items": {"$ref": "#/components/schemas/Job"}},
+                           "total": {"type": "integer"}, "limit": {"type": "integer"},
+                           "offset": {"type": "integer"},
+                           "next": {"type": ["string", "null"],
+                                    "description": "the next page's URL"}}},
+                      "a page of jobs (query: limit 1-100, default 20; offset)")},
+        errors=("invalid_field", "not_found", "shutting_down")),
+    ("get", "/jobs/{job_id}"): Operation(
+        "A job's progress", "jobs",
+        {"200": _json({"$ref": "#/components/schemas/Job"}, "the job, with its last few "
+                      "items in recent")},
+        "done counts items read (cached of them answered from the result cache), failed the "
+        "items that ended with an error; total grows when a document's pages are counted. "
+        "eta_s is null unless the job is running.",
+        errors=("not_found", "shutting_down")),
+    ("delete", "/jobs/{job_id}"): Operation(
+        "Delete a job with its items, results and spooled files", "jobs",
+        {"204": {"description": "deleted (a running job is stopped first)"}},
+        errors=("not_found", "shutting_down")),
+    ("post", "/jobs/{job_id}/cancel"): Operation(
+        "Cancel a queued or running job", "jobs",
+        {"200": _json({"$ref": "#/components/schemas/Job"}, "cancelled (or already was); "
+                      "items in flight still finish, and finished items stay readable")},
+        errors=("not_found", "job_finished", "shutting_down")),
+    ("get", "/jobs/{job_id}/results"): Operation(
+        "A job's results, streamed", "jobs",
+        {"200": {"description": "the finished items, in file and page order (a running "
+                                "job's are readable): format=json (default) an array of one "
+                                "object per item, jsonl one object per line, csv one row "
+                                "per text line (file,page,line,text,confidence,x1,y1,...,"
+                                "x4,y4), txt each item's text under a '==> file (page n) "
+                                "<==' line",
+                 "content": {media: {"schema": {"type": "string"}} for media in (
+                     "application/json", "application/x-ndjson", "text/csv",
+                     "text/plain")}}},
+        errors=("not_found", "invalid_field", "shutting_down")),
+}
+
+_JOB_STATUS = {"enum": ["queued", "running", "done", "failed", "cancelled"]}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_JOB_SCHEMAS = {
+    "JobCreated": {
+        "type": "object", "required": ["id", "status", "total", "url", "result_url"],
+        "properties": {"id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                       "status": _JOB_STATUS, "total": {"type": "integer"},
+                       "skipped_symlinks": {"type": "integer"}, "url": {"type": "string"},
+                       "result_url": {"type": "string"}}},
+    "Job": {
+        "type": "object",
+        "required": ["id", "status", "total", "done", "failed", "cached", "skipped_symlinks",
+                     "started_at", "finished_at", "eta_s", "result_url"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "status": _JOB_STATUS,
+            "source": {"enum": ["folder", "zip"]},
+            "name": {"type": "string", "description": "the folder, or the ZIP's file name"},
+            "model": {"type": "string"}, "options": {"type": "object"},
+            "total": {"type": "integer"}, "done": {"type": "integer"},
+            "failed": {"type": "integer"}, "cached": {"type": "integer"},
+            "skipped_symlinks": {"type": "integer"}, "created_at": _TIME,
+            "started_at": _TIME, "finished_at": _TIME,
+            "eta_s": {"type": ["number", "null"]}, "url": {"type": "string"},
+            "result_url": {"type": "string"},
+            "error": {"type": "string", "description": "why a failed job failed"},
+            "recent": {"type": "array", "items": {"type": "object"},
+                       "description": "GET /jobs/{job_id}: the last items to finish"}}},
 }
 
 _TAGS = [
@@ -248,6 +339,7 @@ _TAGS = [
     {"name": "operations", "description": "Health, readiness and metrics"},
     {"name": "documentation", "description": "This document and the API page"},
     {"name": "web", "description": "The web page and what it loads"},
+    {"name": "jobs", "description": "Folder and ZIP jobs, read in the background"},
 ]
 
 
@@ -272,7 +364,7 @@ def openapi_document(app: tornado.web.Application, context: Any) -> dict:
         "tags": _TAGS,
         "paths": paths,
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **_JOB_SCHEMAS},
             "responses": {f"Error{status}": _error_response(status, codes)
                           for status, codes in statuses.items()},
             "securitySchemes": {SECURITY_SCHEME: {

@@ -280,6 +280,19 @@ class WorkerPool:
         self._reconcile()
         return job.future
 
+    def promote(self, future: asyncio.Future) -> bool:
+        """Moves the queued background job of `future` to the end of the interactive lane (an
+        interactive request now waits for it). False when it is not waiting there any more."""
+        background = self._lanes[Lane.BACKGROUND]
+        for job in background:
+            if job.future is future:
+                background.remove(job)
+                job.lane = Lane.INTERACTIVE
+                self._lanes[Lane.INTERACTIVE].append(job)
+                self._reconcile()
+                return True
+        return False
+
     async def close(self, timeout: float = 30.0) -> None:
         """Stops taking jobs, lets queued and running jobs finish (up to `timeout` seconds),
         then stops every worker. Jobs still waiting after that fail with PoolClosed."""

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ocr_engine import ModelPaths, OcrOptions
+from ocr_engine import EngineLimits, ModelPaths, OcrOptions
+from ocr_engine.documents import DEFAULT_MAX_PAGES
 
 from .errors import ErrorInfo
 
@@ -102,7 +103,7 @@ class EngineSpec:
     rec_batch_size: int = 6
     cls_batch_size: int = 6
     defaults: OcrOptions = field(default_factory=OcrOptions)
-    limits: Any = None  # ocr_engine's EngineLimits (TODO wire)
+    limits: EngineLimits = field(default_factory=EngineLimits)
 
 
 @dataclass(frozen=True)
@@ -237,3 +238,37 @@ class Channel:
             self._loop.remove_writer(self.fd)
             self._writing = False
         self._outbox.clear()
+
+
+# --- document payloads (ocr_engine.documents; the handler is server/ocr_worker.py) --------------
+
+
+@dataclass(frozen=True)
+class DocumentProbeJob:
+    """What a document is -> {"kind": "pdf" | "tiff" | "image", "pages": int,
+    "page_sizes": [[w, h], ...] (points for PDF, pixels otherwise), "text_pages": [bool, ...]}.
+    A PDF over `max_pages` fails with too_many_pages before any page is read."""
+
+    data: bytes
+    password: str | None = None
+    max_pages: int = DEFAULT_MAX_PAGES
+
+
+@dataclass(frozen=True)
+class PageJob:
+    """One page (1-based) of a document -> {"model", "page", "width", "height", "lines",
+    "text", "source": "ocr" | "text_layer", "timings_ms"}, lines shaped as an OcrJob's.
+
+    pdf_text: "ocr" always renders and reads the page; "auto" answers from the PDF's text
+    layer when the page has one, else OCRs it; "only" answers from the text layer (no lines
+    when there is none) and never renders. `dpi` sizes the rendered PDF page, and the text
+    layer's boxes are in that page's pixels; a TIFF page keeps its own pixels.
+    """
+
+    data: bytes
+    page: int
+    dpi: int  # ocr_engine.documents.DEFAULT_DPI is the usual choice
+    pdf_text: str
+    password: str | None
+    options: OcrOptions
+    model: str

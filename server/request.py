@@ -39,12 +39,14 @@ from typing import Any
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from ocr_engine import InvalidOptionError, OcrOptions, parse_options
-from ocr_engine.options import OPTION_NAMES, OPTION_SPECS, FieldSpec
+from ocr_engine.options import OPTION_NAMES, OPTION_SPECS, FieldSpec, describe_value
 
-from .errors import ApiError
+from .config import MAX_DPI, MIN_DPI
+from .errors import ApiError, ErrorInfo, error_info
 from .sandbox import read_sandboxed
 
 FILE_TYPES = ("file", "filename", "base64")
+PDF_TEXT_MODES = ("ocr", "auto", "only")
 
 # The control fields: how the image is sent, whether to wait, which model set.
 CONTROL_SPECS: tuple[FieldSpec, ...] = (
@@ -57,11 +59,20 @@ CONTROL_SPECS: tuple[FieldSpec, ...] = (
     FieldSpec("file", bytes, None, "file_type=file: the image, as a multipart file upload"),
     FieldSpec("img_src", str, None, "file_type=base64: the image as base64 (standard or "
               "URL-safe alphabet, padding optional) or a data:image/...;base64, URL; "
-              "file_type=filename: the path, when 'filename' is not given"),
+              "file_type=filename: the path, when 'filename' is not given; a JSON list of "
+              "these reads a batch (up to service.max_batch)"),
     FieldSpec("filename", str, None, "file_type=filename: a path on the server, relative to "
               "or inside one of service.filename_roots"),
     FieldSpec("model", str, None, "the loaded model set to read with; default: "
               "ocr.predict_system.model"),
+    FieldSpec("pages", str, None, "PDF or TIFF: the pages to read, 1-based, e.g. 1-3,7 (5- "
+              "means 5 to the end); default: every page"),
+    FieldSpec("dpi", int, 200, "PDF: the resolution pages are rendered at; default: "
+              "ocr.predict_system.dpi", low=MIN_DPI, high=MAX_DPI),
+    FieldSpec("pdf_text", str, "ocr", "PDF: ocr reads the rendered page; auto takes a page's "
+              "text layer where it has one and reads the others; only takes the text layer",
+              choices=PDF_TEXT_MODES),
+    FieldSpec("password", str, None, "PDF: the password of an encrypted document"),
 )
 CONTROL_FIELDS = tuple(spec.name for spec in CONTROL_SPECS)
 # The per-request options: PaddleOCR's names (use_det is our extension for line crops).
@@ -72,6 +83,9 @@ REQUEST_FIELDS = tuple(spec.name for spec in REQUEST_SPECS)
 _SPECS = {spec.name: spec for spec in REQUEST_SPECS}
 _CONTROL = {spec.name: spec for spec in CONTROL_SPECS}
 
+# Longest `pages` value read (a spec longer than this is not a page selection anyone means).
+_MAX_PAGES_TEXT = 1000
+_PAGE_RANGE = re.compile(r"^\s*([0-9]{1,9})\s*(?:(-)\s*([0-9]{1,9})?\s*)?$")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,", re.I)
 # Nothing a request needs is a big integer; Python refuses to convert over 4300 digits anyway.
 _MAX_JSON_INT_DIGITS = 100
@@ -99,6 +113,8 @@ class RequestPolicy:
 
     `filename_roots` are real (resolved) paths; empty means file_type=filename is refused.
     `max_body_size` bounds the decoded image and a file read from disk as well as the body.
+    Documents and batches: `default_dpi` renders PDF pages, `max_pages` pages at most per
+    document, `max_batch` items at most per request, `max_pixels` per rendered page.
     """
 
     defaults: OcrOptions
@@ -106,6 +122,10 @@ class RequestPolicy:
     models: tuple[str, ...]
     filename_roots: tuple[Path, ...]
     max_body_size: int
+    default_dpi: int = 200
+    max_pages: int = 200
+    max_batch: int = 32
+    max_pixels: int = 40_000_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -118,8 +138,31 @@ class RequestPolicy:
 
 
 @dataclass(frozen=True)
+class DocumentOptions:
+    """How a PDF or TIFF is read. `pages` holds the selected ranges, (first, last) with last
+    None for "to the end", or None for every page; they are checked against the document's
+    page count once a worker has counted them (`select_pages`)."""
+
+    pages: tuple[tuple[int, int | None], ...] | None = None
+    dpi: int = 200
+    pdf_text: str = "ocr"
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One image or document of a batch: its bytes, or the server path to read them from, or
+    the reason it was refused (that item alone fails; the others are read)."""
+
+    image: bytes | None = None
+    filename: str | None = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True)
 class OcrRequest:
-    """A validated request. `image` is None until `load_image` reads `filename`."""
+    """A validated request. `image` is None until `load_image` reads `filename`. A batch
+    (several files, or a JSON list in img_src) has `batch` instead of an image or filename."""
 
     file_type: str
     image: bytes | None
@@ -127,6 +170,8 @@ class OcrRequest:
     options: OcrOptions
     model: str
     block: bool
+    document: DocumentOptions = DocumentOptions()
+    batch: tuple[BatchItem, ...] | None = None
 
 
 def clip(text: str, limit: int = 80) -> str:
@@ -178,7 +223,8 @@ def read_fields(content_type: str, body: bytes, query: Mapping[str, list[bytes]]
             raise ApiError("invalid_field",
                            f"field {clip(name, 40)} is not valid UTF-8") from None
     for name, uploads in files.items():
-        if len(uploads) > 1 or name in fields:
+        # Repeated 'file' parts are a batch (parse_request); any other repeat is ambiguous.
+        if (len(uploads) > 1 and name != "file") or name in fields:
             raise ApiError("invalid_field", f"field {clip(name, 40)} is given more than once")
     return fields, files
 
@@ -267,8 +313,6 @@ def parse_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFile]]
                        f"fields: {', '.join(REQUEST_FIELDS)}")
     given = {name: value for name, value in fields.items() if not _is_empty(value)}
     uploads = files.get("file") or []
-    if len(uploads) > 1:
-        raise ApiError("invalid_field", "field 'file' is given more than once")
     file_type = _control(given, "file_type")
     if file_type is None:
         # Friendly default: an upload or a base64 string says what it is.
@@ -289,25 +333,40 @@ def parse_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFile]]
                                 policy.defaults)
     except InvalidOptionError as exc:
         raise ApiError("invalid_option", str(exc)) from None
+    document = _document_options(given, policy)
+    block = _CONTROL["block_flag"].default if block is None else block
     image: bytes | None = None
     filename: str | None = None
     if file_type == "file":
         if not uploads:
             raise ApiError("missing_field", "file_type=file needs a multipart file field "
                            "named 'file'")
+        if len(uploads) > 1:
+            _check_batch_size(len(uploads), "'file' parts", policy)
+            items = tuple(_batch_item(lambda body=upload["body"]: _sized(body, policy))
+                          for upload in uploads)
+            return OcrRequest(file_type, None, None, options, model, block, document, items)
         image = uploads[0]["body"]
     elif file_type == "base64":
-        image = decode_base64(given.get("img_src"))
+        source = given.get("img_src")
+        if isinstance(source, list):
+            items = tuple(_batch_item(lambda value=value: _sized(decode_base64(value), policy))
+                          for value in _batch_list(source, "img_src", policy))
+            return OcrRequest(file_type, None, None, options, model, block, document, items)
+        image = decode_base64(source)
     else:
         source = "filename" if "filename" in given else "img_src"
+        if source == "img_src" and isinstance(given.get(source), list):
+            items = tuple(BatchItem(filename=name)
+                          for name in _batch_list(given[source], source, policy))
+            return OcrRequest(file_type, None, None, options, model, block, document, items)
         filename = given.get(source)
         if not isinstance(filename, str):
             raise ApiError("missing_field", "file_type=filename needs the path in 'filename'")
         _control(given, source)
     if image is not None:
         _check_size(image, policy)
-    return OcrRequest(file_type, image, filename, options, model,
-                      _CONTROL["block_flag"].default if block is None else block)
+    return OcrRequest(file_type, image, filename, options, model, block, document)
 
 
 async def load_image(request: OcrRequest, policy: RequestPolicy) -> bytes:
@@ -316,6 +375,121 @@ async def load_image(request: OcrRequest, policy: RequestPolicy) -> bytes:
         return request.image
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, _read_file, request.filename, policy)
+
+
+async def load_item(item: BatchItem, policy: RequestPolicy) -> bytes:
+    """A batch item's bytes, as `load_image` reads them; its own refusal raises as ApiError."""
+    if item.error is not None:
+        raise ApiError.from_info(item.error)
+    if item.image is not None:
+        return item.image
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, _read_file, item.filename, policy)
+
+
+def parse_pages(value: Any) -> tuple[tuple[int, int | None], ...]:
+    """The `pages` field: comma-separated pages and ranges, 1-based ("1-3,7", "5-" to the
+    end). Raises ApiError naming the field and the piece that is wrong."""
+    spec = _CONTROL["pages"]
+    try:
+        text = spec.coerce(value)
+    except InvalidOptionError as exc:
+        raise ApiError("invalid_field", str(exc)) from None
+    if len(text) > _MAX_PAGES_TEXT:
+        raise ApiError("invalid_field", f"pages: at most {_MAX_PAGES_TEXT} characters; got "
+                       f"{len(text)}")
+    ranges = []
+    for piece in text.split(","):
+        match = _PAGE_RANGE.match(piece)
+        if match is None:
+            raise ApiError("invalid_field", f"pages: {clip(piece.strip(), 30)} is not a page "
+                           "or a range (use e.g. 1-3,7 or 5-)")
+        first = int(match.group(1))
+        last = None if match.group(2) and match.group(3) is None else \
+            int(match.group(3) or first)
+        if first < 1:
+            raise ApiError("invalid_field", "pages: pages are numbered from 1; got 0")
+        if last is not None and last < first:
+            raise ApiError("invalid_field", f"pages: the range {first}-{last} ends before it "
+                           "starts")
+        ranges.append((first, last))
+    return tuple(ranges)
+
+
+def select_pages(ranges: tuple[tuple[int, int | None], ...] | None, page_count: int,
+                 max_pages: int) -> list[int]:
+    """The pages `ranges` select from a document of `page_count` pages, in order, each once
+    (every page when `ranges` is None). Raises ApiError: a range past the end (400), more than
+    `max_pages` pages (413); nothing is expanded before it is checked."""
+    if ranges is None:
+        if page_count > max_pages:
+            raise ApiError("too_many_pages", f"the document has {page_count} pages; at most "
+                           f"{max_pages} are read per request (select some with 'pages')")
+        return list(range(1, page_count + 1))
+    bounded = []
+    for first, last in ranges:
+        end = page_count if last is None else last
+        if first > page_count or end > page_count:
+            shown = f"{first}-" if last is None else f"{first}" if first == last \
+                else f"{first}-{last}"
+            raise ApiError("invalid_field", f"pages: {shown} is past the end; the document has "
+                           f"{page_count} page{'s' if page_count != 1 else ''}")
+        bounded.append((first, end))
+    bounded.sort()
+    merged: list[list[int]] = []
+    for first, end in bounded:
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([first, end])
+    selected = sum(end - first + 1 for first, end in merged)
+    if selected > max_pages:
+        raise ApiError("too_many_pages", f"pages selects {selected} pages; at most {max_pages} "
+                       "are read per request")
+    return [page for first, end in merged for page in range(first, end + 1)]
+
+
+def _document_options(given: Mapping[str, Any], policy: RequestPolicy) -> DocumentOptions:
+    dpi = _control(given, "dpi")
+    pdf_text = _control(given, "pdf_text")
+    return DocumentOptions(
+        pages=parse_pages(given["pages"]) if "pages" in given else None,
+        dpi=policy.default_dpi if dpi is None else dpi,
+        pdf_text=_CONTROL["pdf_text"].default if pdf_text is None else pdf_text,
+        password=_control(given, "password"))
+
+
+def _check_batch_size(count: int, what: str, policy: RequestPolicy) -> None:
+    if count > policy.max_batch:
+        raise ApiError("batch_too_large", f"the request sends {count} {what}; at most "
+                       f"{policy.max_batch} are read per request")
+
+
+def _batch_list(values: list, name: str, policy: RequestPolicy) -> list[str]:
+    """A JSON list of images or paths: not empty, within max_batch, strings only."""
+    if not values:
+        raise ApiError("invalid_field", f"{name} is an empty list; give at least one image")
+    _check_batch_size(len(values), f"items in {name}", policy)
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ApiError("invalid_field", f"{name}[{index}] must be a string; got "
+                           f"{describe_value(value)}")
+    return values
+
+
+def _batch_item(read: Any) -> BatchItem:
+    """A batch item from `read()` (its bytes), or the refusal it raised: one bad item must not
+    fail the others."""
+    try:
+        return BatchItem(image=read())
+    except ApiError as exc:
+        return BatchItem(error=error_info(exc))
+
+
+def _sized(image: bytes, policy: RequestPolicy) -> bytes:
+    _check_size(image, policy)
+    return image
+
 
 
 def _read_file(name: str | None, policy: RequestPolicy) -> bytes:
@@ -363,8 +537,8 @@ def fields_table_markdown() -> str:
 def field_schemas(policy: RequestPolicy | None = None) -> dict[str, dict[str, Any]]:
     """A JSON-schema dict per request field (name -> schema), for the OpenAPI document.
 
-    With a `policy`, defaults are the server's (its option defaults and default model) and
-    `model` lists the loaded model sets.
+    With a `policy`, defaults are the server's (its option defaults, default model and dpi)
+    and `model` lists the loaded model sets.
     """
     schemas = {spec.name: spec.schema() for spec in REQUEST_SPECS}
     if policy is not None:
@@ -372,6 +546,7 @@ def field_schemas(policy: RequestPolicy | None = None) -> dict[str, dict[str, An
             schemas[name]["default"] = getattr(policy.defaults, name)
         schemas["model"]["default"] = policy.default_model
         schemas["model"]["enum"] = list(policy.models)
+        schemas["dpi"]["default"] = policy.default_dpi
     return schemas
 
 
@@ -404,9 +579,9 @@ def decode_base64(value: Any) -> bytes:
     match = _DATA_URL.match(text)
     if match:
         media_type = (match.group(1) or "text/plain").lower()
-        if not media_type.startswith("image/"):
+        if not (media_type.startswith("image/") or media_type == "application/pdf"):
             raise ApiError("invalid_image", f"the data URL says {clip(media_type, 40)}, "
-                           "not an image type")
+                           "not an image type or application/pdf")
         if not match.group(3):
             raise ApiError("invalid_field", "the data URL must be base64-encoded")
         text = text[match.end():]

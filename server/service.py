@@ -8,7 +8,12 @@ cache even when every client that asked for it has gone.
 
 A non-blocking submission gets a fresh random task id (never the key: see store/__init__.py)
 and is recorded whether or not its result was already cached, so it stays readable for
-`task_ttl` whatever the cache does.
+`task_ttl` whatever the cache does. A document or a batch (server/documents.py) is many runs
+behind one task: `new_task`, then `run_task` with the coroutine that reads them, which reports
+its progress through `report_progress`.
+
+Document probes (page count and sizes) are runs like any other, cached the same way, but they
+are shared through their own in-flight table, so `engine_runs` counts OCR runs only.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from .errors import CATALOGUE, ApiError, error_info
@@ -41,14 +46,41 @@ def new_task_id() -> str:
     return secrets.token_hex(32)
 
 
+class Reading:
+    """A result on its way, from `OcrService.begin`: awaiting it gives (result, cached) or
+    raises ApiError. Awaiting never cancels the run it waits for (the run still fills the
+    cache), so a reading may be abandoned."""
+
+    def __init__(self, hit: dict | None = None, run: asyncio.Future | None = None) -> None:
+        self._hit = hit
+        self._run = run
+
+    def __await__(self) -> Generator[Any, None, tuple[dict, bool]]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> tuple[dict, bool]:
+        if self._run is None:
+            return self._hit, True
+        outcome = await asyncio.shield(self._run)
+        if outcome.error is not None:
+            raise ApiError.from_info(outcome.error)  # a fresh error for every caller
+        return outcome.result, False
+
+
 class OcrService:
     def __init__(self, submit: Submit, cache: ResultCache, tasks: TaskStore,
                  inflight: InflightRuns | None = None,
-                 new_id: Callable[[], str] = new_task_id) -> None:
+                 new_id: Callable[[], str] = new_task_id,
+                 promote: Callable[[asyncio.Future], bool] | None = None) -> None:
         self._submit = submit
+        # Moves a queued background job to the interactive lane (WorkerPool.promote): an
+        # interactive request that joins a folder-job item's run must not wait behind the job.
+        self._promote = promote
+        self._background_runs: dict[str, asyncio.Future] = {}  # key -> its pool future
         self.cache = cache
         self.tasks = tasks
         self.inflight = inflight or InflightRuns()
+        self.probes = InflightRuns()  # document probes, kept out of engine_runs
         self._new_id = new_id
         self._background: set[asyncio.Task] = set()
         # Results put into the cache; what it no longer holds was evicted (metrics.py).
@@ -58,13 +90,18 @@ class OcrService:
                    lane: Lane = Lane.INTERACTIVE) -> tuple[dict, bool]:
         """The result for `key`, and whether it came from the cache. Raises ApiError.
         Folder-job items pass lane=BACKGROUND: they wait for interactive requests."""
+        return await (await self.begin(key, job, request_id, lane))
+
+    async def begin(self, key: str, job: Any, request_id: str | None = None,
+                    lane: Lane = Lane.INTERACTIVE, *, probe: bool = False) -> Reading:
+        """`read` in two steps: looks `key` up and, on a miss, starts (or joins) its run now, so
+        a refusal (queue full) raises here; awaiting the Reading gives what `read` returns.
+        `probe=True` for a document probe (shared apart, not counted in engine_runs)."""
         hit = await self.cache.get(key)
         if hit is not None:
-            return hit, True
-        outcome = await asyncio.shield(self._run(key, job, request_id, lane))
-        if outcome.error is not None:
-            raise ApiError.from_info(outcome.error)  # a fresh error for every caller
-        return outcome.result, False
+            return Reading(hit=hit)
+        return Reading(run=self._run(key, job, request_id, lane,
+                                     self.probes if probe else self.inflight))
 
     async def submit_task(self, key: str, job: Any, request_id: str | None = None) -> str:
         """Starts (or joins) the run for `key` without waiting; returns the new task's id."""
@@ -83,6 +120,34 @@ class OcrService:
                                                                          done.result())))
         return task_id
 
+    async def new_task(self) -> str:
+        """Records a new pending task (it may be refused: store full) and returns its id; the
+        caller then starts its work with `run_task`, or `discard_task`s it if that fails."""
+        task_id = self._new_id()
+        await self.tasks.create(task_id)
+        return task_id
+
+    def run_task(self, task_id: str, work: Awaitable[dict]) -> None:
+        """Awaits `work` in the background; its result, or the error it raised (as data),
+        finishes the task."""
+        async def settle() -> None:
+            try:
+                outcome = Outcome(result=await work)
+            except Exception as exc:  # noqa: BLE001 - any failure must finish the task
+                info = error_info(exc)
+                if info.kind.status >= 500 and info.details:
+                    log.error("task %s failed (%s): %s", task_id, info.code, info.details)
+                outcome = Outcome(error=info)
+            await self.tasks.finish(task_id, outcome)
+
+        self._spawn(settle())
+
+    async def report_progress(self, task_id: str, done: int, total: int) -> None:
+        await self.tasks.progress(task_id, done, total)
+
+    async def discard_task(self, task_id: str) -> None:
+        await self.tasks.discard(task_id)
+
     async def task(self, task_id: str) -> TaskState | None:
         return await self.tasks.get(task_id)
 
@@ -97,14 +162,22 @@ class OcrService:
     def stats(self) -> dict:
         return {**self.cache.stats(), "inflight": len(self.inflight),
                 **self.tasks.stats(), "engine_runs": self.inflight.started,
-                "shared_runs": self.inflight.joined}
+                "shared_runs": self.inflight.joined, "document_probes": self.probes.started}
 
-    def _run(self, key: str, job: Any, request_id: str | None, lane: Lane) -> asyncio.Future:
-        return self.inflight.join(key, lambda: self._start(key, job, request_id, lane))
+    def _run(self, key: str, job: Any, request_id: str | None, lane: Lane,
+             runs: InflightRuns | None = None) -> asyncio.Future:
+        runs = self.inflight if runs is None else runs  # (an empty table is falsy)
+        if lane is Lane.INTERACTIVE and key in self._background_runs \
+                and self._promote is not None:
+            self._promote(self._background_runs.pop(key))
+        return runs.join(key, lambda: self._start(key, job, request_id, lane))
 
     def _start(self, key: str, job: Any, request_id: str | None, lane: Lane) -> asyncio.Future:
         pool_future = self._submit(job, request_id, lane)
         outcome_future = asyncio.get_running_loop().create_future()
+        if lane is Lane.BACKGROUND:
+            self._background_runs[key] = pool_future
+            pool_future.add_done_callback(lambda _done: self._background_runs.pop(key, None))
 
         async def settle(done: asyncio.Future) -> None:
             if done.cancelled():

@@ -207,3 +207,28 @@ def _cont(pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
         pass
+
+
+def test_a_promoted_background_job_goes_before_the_remaining_background_ones():
+    async def scenario():
+        pool = make_pool(size=1)
+        order = []
+
+        class Recorder(EventLog):
+            def job_dispatched(self, worker, job):
+                order.append(job.payload.get("value"))
+                super().job_dispatched(worker, job)
+
+        Recorder(pool)
+        await pool.start()
+        try:
+            futures = [pool.submit({"kind": "echo", "value": i}, Lane.BACKGROUND)
+                       for i in range(5)]
+            assert pool.promote(futures[4])  # an interactive request now waits for it
+            assert not pool.promote(asyncio.get_running_loop().create_future())
+            await asyncio.gather(*futures)
+            assert order[:2] == [0, 4]  # 0 was already running
+        finally:
+            await pool.close()
+
+    run(scenario())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 import pytest
 
 from server.errors import INTERNAL_MESSAGE, ApiError, ErrorInfo, error_info
+from server.pool import Lane
 from server.service import OcrService, request_key
 from server.store import InflightRuns, Outcome, TaskState
 from server.store.memory import MemoryResultCache, MemoryTaskStore, TaskStoreFull
@@ -765,3 +766,24 @@ def test_task_store_full_refuses_the_submission_and_records_no_task():
         assert (await h.service.task(kept)).outcome.result == RESULT
 
     run(scenario())
+
+
+def test_an_interactive_read_that_joins_a_background_run_promotes_it():
+    async def scenario():
+        promoted = []
+        clock = Clock()
+        submit = FakeSubmit()
+        service = OcrService(submit, MemoryResultCache(16, 60, timer=clock),
+                             MemoryTaskStore(8, 300, timer=clock),
+                             promote=lambda future: promoted.append(future) or True)
+        background = asyncio.ensure_future(service.read("k", "job", None, Lane.BACKGROUND))
+        await turns_until(lambda: len(submit.futures) == 1)
+        assert promoted == []
+        interactive = asyncio.ensure_future(service.read("k", "job"))
+        await turns_until(lambda: promoted)
+        assert promoted == [submit.futures[0]] and len(submit.futures) == 1  # joined, promoted
+        submit.resolve(0, RESULT)
+        assert (await interactive)[0] == RESULT and (await background)[0] == RESULT
+        return promoted
+
+    assert len(asyncio.run(asyncio.wait_for(scenario(), 10))) == 1

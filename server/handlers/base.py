@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import tornado.web
 
 from ..errors import ApiError, to_api_error
+from ..jobs import JobRunner
 from ..metrics import Metrics
 from ..pool import PoolError, WorkerPool
 from ..request import RequestPolicy
@@ -77,6 +78,7 @@ class Services:
     pool: WorkerPool
     ocr: OcrService
     metrics: Metrics | None = None  # None: web_server.metrics is false
+    jobs: JobRunner | None = None  # None: no job store (/jobs answers 404)
 
 
 @dataclass(frozen=True)

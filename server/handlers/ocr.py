@@ -1,14 +1,25 @@
-"""POST /ocr_service (read an image now, or start a task) and GET /ocr_service/<id>."""
+"""POST /ocr_service (read an image, a document or a batch now, or start a task) and
+GET /ocr_service/<id>.
+
+An image is one run (cache -> in-flight sharing -> pool). A PDF or TIFF (told apart by its
+magic bytes only) and a batch are many runs, read by server/documents.py; non-blocking, they
+are one task whose pending answer shows its progress.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
+from collections.abc import Awaitable
 
+from ocr_engine.documents import document_kind
+
+from ..documents import Progress, RequestReader, window_for
 from ..errors import ApiError
 from ..protocol import OcrJob
-from ..request import load_image, parse_request, read_fields
+from ..request import OcrRequest, load_image, parse_request, read_fields
 from ..service import new_task_id, request_key
 from .base import BaseHandler
 
@@ -38,7 +49,13 @@ class OcrServiceHandler(BaseHandler):
                                     self.request.query_arguments)
         policy = self.ctx.requests
         request = parse_request(fields, files, policy)
+        if request.batch is not None:
+            await self._batch(request, started)
+            return
         image = await load_image(request, policy)
+        if document_kind(image) is not None:
+            await self._document(request, image, started)
+            return
         key = request_key(image, request.options.cache_key(), request.model)
         job = OcrJob(image, request.options, request.model)
         ocr = self.ctx.services.ocr
@@ -57,6 +74,61 @@ class OcrServiceHandler(BaseHandler):
                            "engine_ms": result.get("timings_ms", {}).get("total")}
         self.send_json(done_body(new_task_id(), result, cached, started))
 
+    async def _document(self, request: OcrRequest, data: bytes, started: float) -> None:
+        ocr = self.ctx.services.ocr
+        if not request.block:
+            task_id = await ocr.new_task()
+            reader = self._reader(request, functools.partial(ocr.report_progress, task_id))
+            try:
+                reading = await reader.start(data)  # a refused probe: the client gets no id
+            except BaseException:
+                await ocr.discard_task(task_id)
+                raise
+            ocr.run_task(task_id, _with_cached(reading))
+            self._pending(task_id)
+            return
+        reader = self._reader(request)
+        result, cached = await self._within_timeout(self._read_now(reader, data))
+        self.log_fields = {"cached": cached, "engine_ms": round(reader.engine_ms, 1)}
+        self.send_json(done_body(new_task_id(), result, cached, started))
+
+    async def _batch(self, request: OcrRequest, started: float) -> None:
+        ocr = self.ctx.services.ocr
+        if not request.block:
+            task_id = await ocr.new_task()
+            reader = self._reader(request, functools.partial(ocr.report_progress, task_id))
+            ocr.run_task(task_id, reader.read_batch())
+            self._pending(task_id)
+            return
+        reader = self._reader(request)
+        result = await self._within_timeout(reader.read_batch())
+        self.log_fields = {"cached": all(entry.get("cached") is True
+                                         for entry in result["results"]),
+                           "engine_ms": round(reader.engine_ms, 1)}
+        self.send_json(batch_body(new_task_id(), result, started))
+
+    @staticmethod
+    async def _read_now(reader: RequestReader, data: bytes) -> tuple[dict, bool]:
+        return await (await reader.start(data))
+
+    async def _within_timeout(self, work: Awaitable):
+        timeout = self.ctx.http.request_timeout
+        try:
+            return await asyncio.wait_for(work, timeout)
+        except TimeoutError:
+            raise ApiError("timeout", f"no result within {timeout:g} s; what was already "
+                           "being read will still be cached") from None
+
+    def _reader(self, request: OcrRequest, progress: Progress | None = None) -> RequestReader:
+        pool = self.ctx.services.pool
+        return RequestReader(self.ctx.services.ocr, self.ctx.requests, request,
+                             window=window_for(pool.config.size, pool.config.queue_size),
+                             request_id=self.request_id, progress=progress)
+
+    def _pending(self, task_id: str) -> None:
+        self.send_json({"id": task_id, "status": "pending",
+                        "result_url": self.reverse_url("task", task_id)}, status=202)
+
 
 class TaskHandler(BaseHandler):
     """GET /ocr_service/<id>: 200 done, 202 pending, 404 unknown or expired, error if failed."""
@@ -68,18 +140,43 @@ class TaskHandler(BaseHandler):
         if state is None:
             raise ApiError("not_found", "no such task, or it has expired")
         if state.pending:
-            self.send_json({"id": task_id, "status": "pending",
-                            "result_url": self.reverse_url("task", task_id)}, status=202)
+            body = {"id": task_id, "status": "pending",
+                    "result_url": self.reverse_url("task", task_id)}
+            if state.progress is not None:  # a document's pages, a batch's items
+                body["progress"] = state.progress
+            self.send_json(body, status=202)
             return
         if state.outcome.error is not None:
             self.task_id = task_id
             raise ApiError.from_info(state.outcome.error)  # a fresh error on every poll
-        self.send_json(done_body(task_id, state.outcome.result, False))
+        result = state.outcome.result
+        if "results" in result:
+            self.send_json(batch_body(task_id, result))
+        else:
+            self.send_json(done_body(task_id, result, False))
 
 
 def done_body(task_id: str, result: dict, cached: bool, started: float | None = None) -> dict:
+    """An image's or a document's answer. A stored document result carries its own
+    "cached" (every page was), which wins over `cached`."""
     body = {"id": task_id, "status": "done", "cached": cached, "model": result.get("model")}
     if started is not None:
         body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 2)
     body.update(result)
     return body
+
+
+def batch_body(task_id: str, result: dict, started: float | None = None) -> dict:
+    """A batch's answer: {"results": [...]}, each item's body or error, in input order."""
+    body: dict = {"id": task_id, "status": "done"}
+    if started is not None:
+        body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    body["results"] = result["results"]
+    return body
+
+
+async def _with_cached(reading: Awaitable[tuple[dict, bool]]) -> dict:
+    """A document task's stored result: the body's fields, with whether every page was
+    cached."""
+    result, cached = await reading
+    return {**result, "cached": cached}

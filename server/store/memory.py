@@ -53,7 +53,8 @@ class MemoryTaskStore:
         self._max = max_tasks
         self._ttl = ttl
         self._timer = timer
-        self._pending: set[str] = set()
+        # Pending task id -> its progress ({"done", "total"}, or None until it reports one).
+        self._pending: dict[str, dict | None] = {}
         # task id -> (expiry, outcome), in finishing order; one TTL, so the first expires first.
         self._finished: OrderedDict[str, tuple[float, Outcome]] = OrderedDict()
 
@@ -64,20 +65,24 @@ class MemoryTaskStore:
         if len(self._pending) >= self._max:
             raise TaskStoreFull(f"{self._max} non-blocking tasks are already pending; retry "
                                 "later")
-        self._pending.add(task_id)
+        self._pending[task_id] = None
+
+    async def progress(self, task_id: str, done: int, total: int) -> None:
+        if task_id in self._pending:
+            self._pending[task_id] = {"done": done, "total": total}
 
     async def finish(self, task_id: str, outcome: Outcome) -> None:
         if task_id in self._pending:
-            self._pending.discard(task_id)
+            del self._pending[task_id]
             self._store(task_id, outcome)
 
     async def discard(self, task_id: str) -> None:
-        self._pending.discard(task_id)
+        self._pending.pop(task_id, None)
         self._finished.pop(task_id, None)
 
     async def get(self, task_id: str) -> TaskState | None:
         if task_id in self._pending:
-            return TaskState(task_id)
+            return TaskState(task_id, progress=self._pending[task_id])
         self._expire()
         entry = self._finished.get(task_id)
         return TaskState(task_id, entry[1]) if entry is not None else None

@@ -1,0 +1,993 @@
+"""Folder and ZIP jobs: expanding a request into items, and the runner that reads them.
+
+A job is a list of items held in the job store (store/sqlite.py): each item is a page of a
+file, the file being in a folder inside service.filename_roots or an entry of an uploaded ZIP
+spooled into the state folder. An image is one item (page 1); a PDF or multi-page TIFF is
+probed by a worker when its first page comes up (DocumentProbeJob: the front end never parses
+a document), its further pages are added as items, and each page is read as its own PageJob,
+under the same cache keys as server/documents.py gives a request's pages. The job's row, its
+items and every item's result are committed as they happen, so a job survives a restart
+(kill -9 included) and resumes where it stopped.
+
+- Listing (`list_folder`, blocking, run in the default executor): the folder is opened with
+  `sandbox.open_in_roots(directory=True)` and walked from fds only (os.scandir on an fd, each
+  sub-folder opened with O_NOFOLLOW relative to its parent's fd), so no path the client names
+  is ever followed through a symlink. A symlink met on the way is resolved by the sandbox's own
+  rules: one that leads to a file inside the roots is an item, any other is skipped and
+  counted. Each item is read again at run time through `sandbox.read_sandboxed`, so a file
+  swapped for a link between listing and reading is refused then.
+- ZIP uploads (`read_archive`): bounded before anything is unpacked (the entry count from the
+  end-of-central-directory record, the declared sizes), entries with unsafe names, links,
+  encryption or archives inside are refused, and entries are spooled under numbered names:
+  an entry's name is only ever data, never a path.
+- Running (`JobRunner`, on the IOLoop thread): one job at a time, oldest first; at most
+  `JobLimits.max_in_flight` items in flight, each read through `OcrService.read(...,
+  lane=Lane.BACKGROUND)`, so the pool dispatches an item only when no interactive request
+  waits, and the result cache answers an item it already holds (counted as `cached`). An
+  item that cannot be read fails alone, with its error code and message; a refusal that is
+  not the item's fault (no worker, shutting down) leaves it queued for the next pass.
+  Finished items are written in groups (one transaction per store round trip); a job is
+  marked done only once every item's result is committed.
+- Identical re-submissions (same folder listing with the same sizes and mtimes, or the same
+  ZIP bytes, and the same options) are answered with the existing job.
+- Retention: finished jobs are deleted, with their rows and spooled files, `retention`
+  seconds after they finished (checked at start and periodically).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import errno
+import fnmatch
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tornado.httputil import HTTPFile
+
+from ocr_engine import InvalidOptionError, OcrOptions, parse_options
+from ocr_engine.documents import PDF_TEXT_MODES, document_kind
+from ocr_engine.options import OPTION_NAMES, OPTION_SPECS, FieldSpec
+
+from .config import MAX_DPI, MIN_DPI
+from .documents import page_identity, page_key, probe_key
+from .errors import ApiError, ErrorInfo, error_info
+from .pool import Lane
+from .protocol import DocumentProbeJob, OcrJob, PageJob
+from .request import RequestPolicy, clip
+from .sandbox import _quote, open_in_roots, read_sandboxed
+from .service import OcrService, request_key
+from .store import FINISHED_STATUSES, ItemOutcome, ItemSpec, JobItem, JobRecord, JobStore
+
+log = logging.getLogger("ppocr.jobs")
+
+# What a folder job reads when the request names no patterns.
+DEFAULT_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.bmp", "*.webp", "*.tif", "*.tiff", "*.gif",
+                    "*.pdf")
+MAX_PATTERNS, MAX_PATTERN_LENGTH = 32, 100
+MAX_DEPTH = 64  # folders nested deeper are refused (each level holds an fd while walked)
+PAGE_SIZE = 200  # items read from the store at a time
+RECENT_ITEMS = 5
+RETRY_DELAY_S = 1.0  # after a pass the pool refused items in (no worker, restarting)
+PROBES_KEPT = 8  # documents' probes a running job keeps at hand (its pages need them)
+# Pool refusals that are not the item's fault: the item stays queued and is read again.
+TRANSIENT_CODES = frozenset({"queue_full", "unavailable", "shutting_down"})
+ARCHIVE_SUFFIXES = (".zip", ".jar", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar",
+                    ".lz", ".lz4", ".lzma", ".cab", ".iso")
+_ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00",
+                  b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07", b"\x28\xb5\x2f\xfd")
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SPOOL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """The jobs section of the config, resolved (max_in_flight is the pool's background cap)."""
+
+    max_in_flight: int = 1
+    retention: float = 7 * 86400.0
+    max_items: int = 100_000
+    max_zip_entries: int = 10_000
+    max_zip_bytes: int = 1 << 30
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(16)
+
+
+def valid_job_id(job_id: str) -> bool:
+    return bool(_JOB_ID.match(job_id))
+
+
+# ---------------------------------------------------------------- the request
+
+JOB_SPECS: tuple[FieldSpec, ...] = (
+    FieldSpec("directory", str, None, "the folder to read: relative to one of "
+              "service.filename_roots, or an absolute path inside one"),
+    FieldSpec("recursive", bool, False, "also read the folder's sub-folders"),
+    FieldSpec("patterns", str, None, "file-name patterns to read (shell-style, case-"
+              "insensitive): a JSON list, or comma-separated; default: "
+              + ", ".join(DEFAULT_PATTERNS)),
+    FieldSpec("file", bytes, None, "instead of a folder: a ZIP of images, as a multipart file "
+              "upload"),
+    FieldSpec("model", str, None, "the loaded model set to read with; default: "
+              "ocr.predict_system.model"),
+    FieldSpec("dpi", int, None, "PDF: the resolution pages are rendered at; default: "
+              "ocr.predict_system.dpi", low=MIN_DPI, high=MAX_DPI),
+    FieldSpec("pdf_text", str, "ocr", "PDF: ocr reads the rendered page; auto takes a page's "
+              "text layer where it has one and reads the others; only takes the text layer",
+              choices=PDF_TEXT_MODES),
+) + OPTION_SPECS
+JOB_FIELDS = tuple(spec.name for spec in JOB_SPECS)
+_JOB_SPECS = {spec.name: spec for spec in JOB_SPECS}
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated POST /jobs: a folder (`directory`) or a ZIP (`archive`), never both."""
+
+    directory: str | None
+    archive: bytes | None
+    archive_name: str
+    recursive: bool
+    patterns: tuple[str, ...]
+    options: OcrOptions
+    model: str
+    dpi: int
+    pdf_text: str
+
+
+def parse_job_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFile]],
+                      policy: RequestPolicy) -> JobRequest:
+    """Validates POST /jobs's fields (server.request.read_fields's output) the way
+    parse_request validates /ocr_service's: unknown fields refused, an empty value means not
+    given, options through ocr_engine.parse_options over the server's defaults."""
+    unknown = [name for name in fields if name not in _JOB_SPECS]
+    unknown += [name for name in files if name != "file"]
+    if unknown:
+        raise ApiError("invalid_field", f"unknown field {clip(str(unknown[0]), 40)}; "
+                       f"fields: {', '.join(JOB_FIELDS)}")
+    given = {name: value for name, value in fields.items()
+             if not (isinstance(value, str) and not value.strip())}
+    uploads = files.get("file") or []
+    if "file" in given:
+        _coerce("file", given["file"])  # a text field named 'file' is not an upload
+    directory = _coerce("directory", given["directory"]) if "directory" in given else None
+    if directory is not None and uploads:
+        raise ApiError("invalid_field", "give either 'directory' (a folder on the server) or "
+                       "'file' (a ZIP upload), not both")
+    if directory is None and not uploads:
+        raise ApiError("missing_field", "a job needs 'directory' (a folder inside "
+                       "service.filename_roots) or 'file' (a ZIP upload)")
+    model = _coerce("model", given["model"]) if "model" in given else policy.default_model
+    if model not in policy.models:
+        raise ApiError("unknown_model", f"model {clip(model, 40)} is not loaded; "
+                       f"loaded: {', '.join(policy.models)}")
+    try:
+        options = parse_options({k: v for k, v in given.items() if k in OPTION_NAMES},
+                                policy.defaults)
+    except InvalidOptionError as exc:
+        raise ApiError("invalid_option", str(exc)) from None
+    recursive = _coerce("recursive", given["recursive"]) if "recursive" in given else False
+    dpi = _coerce("dpi", given["dpi"]) if "dpi" in given else policy.default_dpi
+    pdf_text = _coerce("pdf_text", given["pdf_text"]) if "pdf_text" in given else "ocr"
+    patterns = _patterns(given.get("patterns"))
+    upload = uploads[0] if uploads else None
+    return JobRequest(directory=directory, archive=upload["body"] if upload else None,
+                      archive_name=(upload.get("filename") or "upload.zip") if upload else "",
+                      recursive=recursive, patterns=patterns, options=options, model=model,
+                      dpi=dpi, pdf_text=pdf_text)
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    try:
+        return _JOB_SPECS[name].coerce(raw)
+    except InvalidOptionError as exc:
+        raise ApiError("invalid_field", str(exc)) from None
+
+
+def _patterns(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return DEFAULT_PATTERNS
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",")]
+    elif isinstance(raw, list):
+        items = raw
+    else:
+        raise ApiError("invalid_field", "patterns must be a list of strings or a "
+                       "comma-separated string")
+    if not items or len(items) > MAX_PATTERNS:
+        raise ApiError("invalid_field", f"patterns must list 1 to {MAX_PATTERNS} patterns")
+    patterns = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ApiError("invalid_field", "each pattern must be a non-empty string")
+        if len(item) > MAX_PATTERN_LENGTH or "/" in item or "\0" in item:
+            raise ApiError("invalid_field", f"pattern {clip(item, 40)} must be a file-name "
+                           f"pattern (no '/') of at most {MAX_PATTERN_LENGTH} characters")
+        patterns.append(item.strip().lower())
+    return tuple(dict.fromkeys(patterns))
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    lowered = name.lower()
+    return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in patterns)
+
+
+# ---------------------------------------------------------------- listing a folder
+
+@dataclass(frozen=True)
+class Listing:
+    location: str  # the folder's real path (inside the roots)
+    items: list[ItemSpec]
+    skipped_symlinks: int
+
+
+def list_folder(name: str, roots: Any, *, recursive: bool, patterns: tuple[str, ...],
+                max_items: int) -> Listing:
+    """The files matching `patterns` in the folder `name` leads to inside `roots` (blocking).
+    Raises ApiError: the sandbox's refusals, too_many_items past `max_items`. The folder's
+    location is the kernel's path for the fd it was opened as (/proc/self/fd: Linux)."""
+    if not roots:
+        raise ApiError("forbidden_path", "folder jobs read from service.filename_roots, and "
+                       "the server has none configured")
+    fd = open_in_roots(name, roots, directory=True)
+    try:
+        # The kernel's name for the folder we hold: where its items are read from later.
+        location = os.readlink(f"/proc/self/fd/{fd}")
+        walk = _Walk(name, location, roots, recursive, patterns, max_items)
+        walk.folder(fd, "", 0)
+    finally:
+        os.close(fd)
+    return Listing(location, sorted(walk.items, key=lambda item: item.file), walk.skipped)
+
+
+class _Walk:
+    def __init__(self, name: str, location: str, roots: Any, recursive: bool,
+                 patterns: tuple[str, ...], max_items: int) -> None:
+        self.name, self.location, self.roots = name, location, roots
+        self.recursive, self.patterns, self.max_items = recursive, patterns, max_items
+        self.items: list[ItemSpec] = []
+        self.skipped = 0
+
+    def folder(self, fd: int, prefix: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise ApiError("invalid_field", f"{_quote(self.name)} has folders nested more than "
+                           f"{MAX_DEPTH} deep")
+        with os.scandir(fd) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        for entry in entries:
+            if not _utf8(entry.name):
+                continue  # not a name a client could be shown or send back
+            relative = prefix + entry.name
+            try:
+                if entry.is_symlink():
+                    self.link(fd, entry, relative)
+                elif entry.is_dir(follow_symlinks=False):
+                    if self.recursive:
+                        self.subfolder(fd, entry.name, relative, depth)
+                elif entry.is_file(follow_symlinks=False) and _matches(entry.name,
+                                                                        self.patterns):
+                    self.add(relative, entry.stat(follow_symlinks=False))
+            except FileNotFoundError:
+                continue  # removed while we listed it
+
+    def subfolder(self, fd: int, name: str, relative: str, depth: int) -> None:
+        try:
+            child = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self.skipped += 1  # swapped for a symlink since it was listed
+                return
+            if exc.errno == errno.ENOENT:
+                return
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise ApiError("forbidden_path", f"the server may not read the folder "
+                               f"{_quote(relative)} in {_quote(self.name)}") from None
+            raise ApiError("invalid_field", f"cannot open the folder {_quote(relative)}: "
+                           f"{exc.strerror or type(exc).__name__}") from None
+        try:
+            self.folder(child, relative + "/", depth + 1)
+        finally:
+            os.close(child)
+
+    def link(self, fd: int, entry: os.DirEntry, relative: str) -> None:
+        """A file link inside the roots is an item; any other link is skipped and counted
+        (links to folders are never followed: they could loop)."""
+        if not _matches(entry.name, self.patterns):
+            if self.recursive and _leads_to_folder(fd, entry.name):
+                self.skipped += 1
+            return
+        try:
+            opened = open_in_roots(f"{self.location}/{relative}", self.roots)
+        except ApiError:
+            self.skipped += 1
+            return
+        try:
+            self.add(relative, os.fstat(opened))
+        finally:
+            os.close(opened)
+
+    def add(self, relative: str, status: os.stat_result) -> None:
+        if len(self.items) >= self.max_items:
+            raise ApiError("too_many_items", f"{_quote(self.name)} holds more than "
+                           f"{self.max_items} matching files (jobs.max_items)")
+        self.items.append(ItemSpec(relative, status.st_size, status.st_mtime_ns))
+
+
+def _leads_to_folder(fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=fd).st_mode)
+    except OSError:
+        return False
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- a ZIP upload
+
+@dataclass(frozen=True)
+class Archive:
+    """A checked ZIP: the entries to read (`items`, with their ZipInfo) and its digest."""
+
+    zip: zipfile.ZipFile
+    entries: list[zipfile.ZipInfo]
+    items: list[ItemSpec]
+    digest: str
+
+    def spool(self, folder: Path, max_entry_bytes: int) -> None:
+        """Writes entry k to `folder`/k (blocking), each file and the folder synced: a job
+        the client was told about must find its files after a crash."""
+        folder.mkdir(mode=0o700)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for seq, info in enumerate(self.entries):
+                self._spool_entry(dir_fd, str(seq), info, max_entry_bytes)
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _spool_entry(self, dir_fd: int, name: str, info: zipfile.ZipInfo,
+                     max_entry_bytes: int) -> None:
+        limit = min(info.file_size, max_entry_bytes)
+        out = os.open(name, _SPOOL_FLAGS, 0o600, dir_fd=dir_fd)
+        try:
+            written = 0
+            with self.zip.open(info) as source:
+                while chunk := source.read(_READ_CHUNK):
+                    if written == 0 and chunk.startswith(_ARCHIVE_MAGIC):
+                        raise ApiError("invalid_archive", f"entry {clip(info.filename, 60)} "
+                                       "is itself an archive; nested archives are refused")
+                    written += len(chunk)
+                    if written > limit:  # zipfile stops at the declared size; never trust it
+                        raise ApiError("archive_too_large", f"entry {clip(info.filename, 60)} "
+                                       "holds more than it declares")
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view):]
+            os.fsync(out)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
+                RuntimeError) as exc:
+            raise ApiError("invalid_archive", f"entry {clip(info.filename, 60)} cannot be "
+                           f"unpacked ({_zip_problem(exc)})") from None
+        finally:
+            os.close(out)
+
+
+def read_archive(data: bytes, patterns: tuple[str, ...], limits: JobLimits,
+                 max_entry_bytes: int) -> Archive:
+    """Checks a ZIP upload without unpacking it (blocking: it hashes the bytes). Refuses,
+    naming the entry: more entries than max_zip_entries (counted from the end record, before
+    zipfile parses the directory), declared sizes over max_zip_bytes in all or over
+    `max_entry_bytes` for one, unsafe names, links, encrypted entries and nested archives."""
+    declared = _declared_entries(data)
+    if declared is None:
+        raise ApiError("invalid_archive", "the upload is not a ZIP (no end of central "
+                       "directory record)")
+    if declared > limits.max_zip_entries:
+        raise ApiError("too_many_items", f"the ZIP declares {declared} entries; the limit is "
+                       f"{limits.max_zip_entries} (jobs.max_zip_entries)")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError,
+            OSError) as exc:
+        raise ApiError("invalid_archive", f"the upload is not a readable ZIP "
+                       f"({_zip_problem(exc)})") from None
+    if len(infos) > limits.max_zip_entries:
+        raise ApiError("too_many_items", f"the ZIP holds {len(infos)} entries; the limit is "
+                       f"{limits.max_zip_entries} (jobs.max_zip_entries)")
+    total = 0
+    names: set[str] = set()
+    entries: list[zipfile.ZipInfo] = []
+    items: list[ItemSpec] = []
+    for info in infos:
+        name = info.filename
+        _check_entry_name(name)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise ApiError("invalid_archive", f"entry {clip(name, 60)} is a symbolic link")
+        if info.is_dir():
+            continue
+        if info.flag_bits & 0x1:
+            raise ApiError("invalid_archive", f"entry {clip(name, 60)} is encrypted")
+        if name.lower().endswith(ARCHIVE_SUFFIXES):
+            raise ApiError("invalid_archive", f"entry {clip(name, 60)} is itself an archive; "
+                           "nested archives are refused")
+        total += info.file_size
+        if total > limits.max_zip_bytes:
+            raise ApiError("archive_too_large", f"the ZIP's entries declare more than "
+                           f"{limits.max_zip_bytes} bytes uncompressed (jobs.max_zip_bytes)")
+        if info.file_size > max_entry_bytes:
+            raise ApiError("archive_too_large", f"entry {clip(name, 60)} declares "
+                           f"{info.file_size} bytes; one file may hold {max_entry_bytes} "
+                           "(web_server.max_body_size)")
+        if not _matches(name.rsplit("/", 1)[-1], patterns):
+            continue
+        if name in names:
+            raise ApiError("invalid_archive", f"entry {clip(name, 60)} appears twice")
+        names.add(name)
+        if len(items) >= limits.max_items:
+            raise ApiError("too_many_items", f"the ZIP holds more than {limits.max_items} "
+                           "matching files (jobs.max_items)")
+        entries.append(info)
+        items.append(ItemSpec(name, info.file_size, 0))
+    return Archive(archive, entries, items, hashlib.sha256(data).hexdigest())
+
+
+def _declared_entries(data: bytes) -> int | None:
+    """The entry count the ZIP's end record declares (ZIP64's when it says 0xFFFF)."""
+    tail_start = max(0, len(data) - (22 + 0xFFFF))
+    position = data.rfind(b"PK\x05\x06", tail_start)
+    if position < 0 or len(data) - position < 22:
+        return None
+    count = int.from_bytes(data[position + 10:position + 12], "little")
+    locator = position - 20
+    if count == 0xFFFF and locator >= 0 and data[locator:locator + 4] == b"PK\x06\x07":
+        offset = int.from_bytes(data[locator + 8:locator + 16], "little")
+        if data[offset:offset + 4] == b"PK\x06\x06":
+            count = int.from_bytes(data[offset + 32:offset + 40], "little")
+    return count
+
+
+def _check_entry_name(name: str) -> None:
+    parts = name.replace("\\", "/").split("/")
+    if ("\0" in name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name)
+            or ".." in parts):
+        raise ApiError("invalid_archive", f"entry {clip(name, 60)} has an unsafe name "
+                       "(absolute, or with '..'); entries must stay inside the archive")
+
+
+def _zip_problem(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:80])
+
+
+# ---------------------------------------------------------------- fingerprints
+
+def folder_fingerprint(listing: Listing, request: JobRequest) -> str:
+    digest = hashlib.sha256(json.dumps(
+        ["folder", listing.location, request.recursive, request.patterns,
+         request.options.cache_key(), request.model, request.dpi, request.pdf_text]).encode())
+    for item in listing.items:
+        digest.update(json.dumps([item.file, item.size, item.mtime_ns]).encode())
+    return digest.hexdigest()
+
+
+def archive_fingerprint(archive: Archive, request: JobRequest) -> str:
+    return hashlib.sha256(json.dumps(
+        ["zip", archive.digest, request.patterns, request.options.cache_key(),
+         request.model, request.dpi, request.pdf_text]).encode()).hexdigest()
+
+
+def options_of(key: str) -> OcrOptions:
+    """The options a job was stored with (OcrOptions.cache_key() form); an option added since
+    takes its default."""
+    known = {spec.name for spec in dataclasses.fields(OcrOptions)}
+    return OcrOptions(**{name: value for name, value in json.loads(key).items()
+                         if name in known})
+
+
+# ---------------------------------------------------------------- the runner
+
+@dataclass
+class _Active:
+    """The job being run: where its rate is measured from, and whether to stop it."""
+
+    job: JobRecord
+    options: OcrOptions
+    started: float  # monotonic
+    finished_before: int  # items finished when this run began (a resumed job has some)
+    stop: bool = False
+    expanded: bool = False  # a document's pages were added this pass (behind its cursor)
+    # seq -> (digest, probe) of the documents whose pages are being read.
+    probes: collections.OrderedDict = dataclasses.field(default_factory=collections.OrderedDict)
+
+
+class _ItemWriter:
+    """Group commit: what finished while the store was writing goes in the next transaction.
+    A failed write is logged; its items stay queued and the job's next pass reads them."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+        self._started: list[tuple[str, int, int]] = []
+        self._finished: list[tuple[str, ItemOutcome]] = []
+        self._flushing: asyncio.Task | None = None
+
+    def started(self, job_id: str, item: JobItem) -> None:
+        self._started.append((job_id, item.seq, item.page))
+        self._kick()
+
+    def finished(self, job_id: str, outcome: ItemOutcome) -> None:
+        self._finished.append((job_id, outcome))
+        self._kick()
+
+    async def drain(self) -> None:
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
+
+    def _kick(self) -> None:
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._started or self._finished:
+            started, self._started = self._started, []
+            finished, self._finished = self._finished, []
+            try:
+                await self._store.record(started, finished)
+            except Exception:
+                log.exception("cannot record %d finished job items; they will be read again",
+                              len(finished))
+
+
+class JobRunner:
+    """Accepts jobs, runs them one at a time in the background and answers for them.
+
+    Everything here runs on the IOLoop thread; file system work goes to the default executor
+    and every store call to the store's own thread. `clock` (epoch seconds, for the stored
+    times and retention) and `monotonic` (for the ETA) are injectable so tests tick time.
+    """
+
+    def __init__(self, store: JobStore, ocr: OcrService, policy: RequestPolicy,
+                 limits: JobLimits, state_dir: Path, *,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 on_item_finished: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        # Told "done", "cached" or "failed" for every finished item (the metrics).
+        self._on_item_finished = on_item_finished
+        self.ocr = ocr
+        self.policy = policy
+        self.limits = limits
+        self.state_dir = Path(state_dir)
+        self.spool_dir = self.state_dir / "spool"
+        self._clock = clock
+        self._monotonic = monotonic
+        self._queue: collections.deque[str] = collections.deque()
+        self._active: dict[str, _Active] = {}
+        self._writer = _ItemWriter(store)
+        self._wake: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.closing = False
+
+    @property
+    def running_jobs(self) -> int:
+        return len(self._active)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Creates the state folder, opens the store, deletes expired jobs and orphaned
+        spool folders, and resumes unfinished jobs."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._make_folders)
+        await self.store.open()
+        self._wake, self._stopping = asyncio.Event(), asyncio.Event()
+        await self.expire_finished()
+        await self._remove_orphaned_spools()
+        unfinished = await self.store.unfinished()
+        if unfinished:
+            log.info("resuming %d unfinished job(s): %s", len(unfinished),
+                     ", ".join(job.id for job in unfinished))
+        for job in unfinished:
+            self._enqueue(job.id)
+        self._tasks = [loop.create_task(self._schedule()),
+                       loop.create_task(self._expire_periodically())]
+
+    async def close(self) -> None:
+        """Takes no new item, lets the items in flight finish (the pool must still be open),
+        commits their results and closes the store. Unfinished jobs resume at next start."""
+        if self.closing:
+            return
+        self.closing = True
+        if self._stopping is not None:
+            self._stopping.set()
+            self._wake.set()
+        for task in self._tasks:
+            try:
+                await task
+            except Exception:
+                log.exception("the job runner stopped on an error")
+        await self._writer.drain()
+        await self.store.close()
+
+    # -- what the handlers call --------------------------------------------------------
+
+    async def submit(self, request: JobRequest) -> tuple[JobRecord, bool]:
+        """The new job (True), or the existing identical one (False)."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        if request.archive is None:
+            listing, fingerprint = await loop.run_in_executor(None, self._list, request)
+            job = self._new_job(request, "folder", request.directory, listing.location,
+                                fingerprint, listing.skipped_symlinks)
+            stored = await self.store.create(job, listing.items)
+        else:
+            archive = await loop.run_in_executor(None, read_archive, request.archive,
+                                                 request.patterns, self.limits,
+                                                 self.policy.max_body_size)
+            fingerprint = archive_fingerprint(archive, request)
+            existing = await self.store.find(fingerprint)
+            if existing is not None:
+                return existing, False
+            job = self._new_job(request, "zip", request.archive_name, "", fingerprint, 0)
+            spool = self.spool_dir / job.id
+            try:
+                await loop.run_in_executor(None, archive.spool, spool,
+                                           self.policy.max_body_size)
+                stored = await self.store.create(job, archive.items)
+            except BaseException:
+                await loop.run_in_executor(None, _remove_tree, spool)
+                raise
+            if stored.id != job.id:  # an identical upload was recorded meanwhile
+                await loop.run_in_executor(None, _remove_tree, spool)
+        created = stored.id == job.id
+        if created:
+            log.info("job %s: %d items from %s %s", job.id, stored.total, stored.source,
+                     clip(stored.name, 120))
+            self._enqueue(job.id)
+        return stored, created
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        self._check_open()
+        return await self.store.get(job_id) if valid_job_id(job_id) else None
+
+    async def page(self, limit: int, offset: int) -> tuple[list[JobRecord], int]:
+        self._check_open()
+        return await self.store.page(limit, offset)
+
+    async def recent(self, job_id: str) -> list[JobItem]:
+        """The job's last few items to finish, newest first."""
+        self._check_open()
+        return await self.store.recent(job_id, RECENT_ITEMS)
+
+    async def results(self, job_id: str, after: tuple[int, int], limit: int = PAGE_SIZE
+                      ) -> list[JobItem]:
+        """Finished items after `after` ((seq, page)), in order."""
+        self._check_open()
+        return await self.store.items(job_id, after, limit)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Stops a queued or running job (items in flight still finish and are kept)."""
+        job = await self.get(job_id)
+        if job is None:
+            raise ApiError("not_found", "no such job, or it has been deleted")
+        changed = await self.store.set_status(job_id, "cancelled", self._clock())
+        job = await self.store.get(job_id)
+        if job is None:
+            raise ApiError("not_found", "no such job, or it has been deleted")
+        if not changed and job.status != "cancelled":
+            raise ApiError("job_finished", f"the job is already {job.status}; there is "
+                           "nothing to cancel")
+        self._stop(job_id)
+        log.info("job %s cancelled (%d of %d items finished)", job_id, job.done + job.failed,
+                 job.total)
+        return job
+
+    async def delete(self, job_id: str) -> None:
+        """Removes a job, its items, results and spooled files (a running job stops)."""
+        job = await self.get(job_id)
+        if job is None:
+            raise ApiError("not_found", "no such job, or it has been deleted")
+        self._stop(job_id)
+        await self.store.delete(job_id)
+        if job.source == "zip":
+            await asyncio.get_running_loop().run_in_executor(None, _remove_tree,
+                                                             self.spool_dir / job_id)
+
+    @property
+    def running(self) -> list[str]:
+        """The ids of the jobs being run now (their items in flight included)."""
+        return list(self._active)
+
+    def eta(self, job: JobRecord) -> float | None:
+        """Seconds until the job is done at the rate of its current run; None when it is not
+        running here or has no finished item yet to measure by."""
+        active = self._active.get(job.id)
+        finished = job.done + job.failed
+        if active is None or job.status != "running" or finished <= active.finished_before:
+            return None
+        elapsed = self._monotonic() - active.started
+        return round((job.total - finished) * elapsed / (finished - active.finished_before), 1)
+
+    async def expire_finished(self) -> int:
+        """Deletes jobs that finished more than `retention` seconds ago; how many."""
+        expired = await self.store.expired(self._clock() - self.limits.retention)
+        for job in expired:
+            try:
+                await self.delete(job.id)
+            except ApiError:
+                continue  # deleted meanwhile
+        if expired:
+            log.info("deleted %d job(s) past jobs.retention", len(expired))
+        return len(expired)
+
+    # -- running ----------------------------------------------------------------------
+
+    def _list(self, request: JobRequest) -> tuple[Listing, str]:
+        """The folder's listing and the job's fingerprint (blocking: a big folder takes a
+        while to walk and to hash)."""
+        listing = list_folder(request.directory, self.policy.filename_roots,
+                              recursive=request.recursive, patterns=request.patterns,
+                              max_items=self.limits.max_items)
+        return listing, folder_fingerprint(listing, request)
+
+    def _new_job(self, request: JobRequest, source: str, name: str, location: str,
+                 fingerprint: str, skipped: int) -> JobRecord:
+        return JobRecord(id=new_job_id(), fingerprint=fingerprint, source=source, name=name,
+                         location=location, options=request.options.cache_key(),
+                         model=request.model, status="queued", total=0,
+                         created_at=self._clock(), dpi=request.dpi, pdf_text=request.pdf_text,
+                         skipped_symlinks=skipped)
+
+    def _check_open(self) -> None:
+        if self.closing:
+            raise ApiError("shutting_down", "the server is shutting down")
+
+    def _enqueue(self, job_id: str) -> None:
+        self._queue.append(job_id)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _stop(self, job_id: str) -> None:
+        if job_id in self._queue:
+            self._queue.remove(job_id)
+        active = self._active.get(job_id)
+        if active is not None:
+            active.stop = True
+
+    async def _schedule(self) -> None:
+        while not self.closing:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            job_id = self._queue.popleft()
+            try:
+                await self._run(job_id)
+            except Exception as exc:  # a store failure, or a bug: the job fails, not the runner
+                log.exception("job %s stopped on an unexpected error", job_id)
+                try:
+                    await self.store.set_status(job_id, "failed", self._clock(),
+                                                error_info(exc).message)
+                except Exception:
+                    log.exception("cannot mark job %s failed", job_id)
+
+    async def _run(self, job_id: str) -> None:
+        job = await self.store.get(job_id)
+        if job is None or job.status in FINISHED_STATUSES:
+            return
+        await self.store.set_status(job_id, "running", self._clock())
+        active = _Active(job, options_of(job.options), self._monotonic(),
+                         job.done + job.failed)
+        self._active[job_id] = active
+        try:
+            while not (active.stop or self.closing):
+                active.expanded = False
+                await self._pass(active)
+                await self._writer.drain()
+                if active.stop or self.closing:
+                    break
+                if not await self.store.pending(job_id, (-1, -1), 1):
+                    if await self.store.set_status(job_id, "done", self._clock()):
+                        log.info("job %s done", job_id)
+                    break
+                # Items left: a document's pages added behind this pass's cursor (read them
+                # now), or items the pool refused or whose results could not be written
+                # (wait a little first).
+                if not active.expanded:
+                    await self._pause(RETRY_DELAY_S)
+        finally:
+            self._active.pop(job_id, None)
+
+    async def _pass(self, active: _Active) -> None:
+        """Reads every item still queued once, at most max_in_flight at a time."""
+        in_flight: set[asyncio.Task] = set()
+        loop = asyncio.get_running_loop()
+        after = (-1, -1)
+        while not (active.stop or self.closing):
+            items = await self.store.pending(active.job.id, after, PAGE_SIZE)
+            if not items:
+                break
+            for item in items:
+                while len(in_flight) >= self.limits.max_in_flight:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                if active.stop or self.closing:
+                    break
+                after = (item.seq, item.page)
+                task = loop.create_task(self._read(active, item))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.wait(in_flight)
+
+    async def _read(self, active: _Active, item: JobItem) -> None:
+        job = active.job
+        self._writer.started(job.id, item)
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(None, self._load, job,
+                                                                    item)
+            result, cached = await self._ocr(active, item, data)
+        except Exception as exc:  # the item's error, as data; the job goes on
+            info = error_info(exc)
+            if info.code in TRANSIENT_CODES:
+                return  # still queued: the next pass reads it
+            if info.details:
+                log.error("job %s item %d page %d (%s) failed (%s): %s", job.id, item.seq,
+                          item.page, clip(item.file, 120), info.code, info.details)
+            outcome = ItemOutcome(item.seq, item.page, error=ErrorInfo(info.code, info.message),
+                                  finished_at=self._clock())
+        else:
+            outcome = ItemOutcome(item.seq, item.page, result=result, cached=cached,
+                                  finished_at=self._clock())
+        self._writer.finished(job.id, outcome)
+        if self._on_item_finished is not None:
+            self._on_item_finished("failed" if outcome.error is not None
+                                   else "cached" if outcome.cached else "done")
+
+    async def _ocr(self, active: _Active, item: JobItem, data: bytes) -> tuple[dict, bool]:
+        """(result, cached) of an image, or of one page of a document. A document's first
+        page counts its pages (a probe) and adds the others as items, committed before that
+        page's result can be."""
+        job, options = active.job, active.options
+        request_id = f"job-{job.id}-{item.seq}-{item.page}"
+        kind = document_kind(data)
+        probe: dict | None = None
+        digest = b""
+        if kind is not None:
+            digest, probe = await self._probe(active, item, data, request_id)
+            kind = probe.get("kind", kind)
+        if kind not in ("pdf", "tiff"):  # an image (a TIFF of one frame included)
+            if item.page != 1:
+                raise ApiError("invalid_document", f"{_quote(item.file)} is no longer a "
+                               f"document, so it has no page {item.page}")
+            key = request_key(data, options.cache_key(), job.model)
+            return await self.ocr.read(key, OcrJob(data, options, job.model), request_id,
+                                       Lane.BACKGROUND)
+        pages = probe.get("pages")
+        if isinstance(pages, bool) or not isinstance(pages, int) or pages < 1:
+            raise ApiError("invalid_document", "the document has no pages")
+        if item.page > pages:
+            raise ApiError("invalid_document", f"the document has {pages} pages now, so no "
+                           f"page {item.page}")
+        if item.page == 1 and pages > 1:
+            added = await self.store.add_pages(job.id, item.seq, pages, self.limits.max_items)
+            if added is None:
+                raise ApiError("too_many_items", f"its {pages} pages would take the job past "
+                               f"{self.limits.max_items} items (jobs.max_items)")
+            active.expanded = active.expanded or added > 0
+        key = page_key(digest, page_identity(probe, item.page), kind, item.page, options,
+                       job.model, job.dpi, job.pdf_text)
+        result, cached = await self.ocr.read(
+            key, PageJob(data, item.page, job.dpi, job.pdf_text, None, options, job.model),
+            request_id, Lane.BACKGROUND)
+        return result, cached
+
+    async def _probe(self, active: _Active, item: JobItem, data: bytes, request_id: str
+                     ) -> tuple[bytes, dict]:
+        """The document's digest and probe, kept while its pages are read."""
+        digest = hashlib.sha256(data).digest()
+        kept = active.probes.get(item.seq)
+        if kept is not None and kept[0] == digest:
+            return kept
+        reading = await self.ocr.begin(probe_key(digest), DocumentProbeJob(data), request_id,
+                                       Lane.BACKGROUND, probe=True)
+        probe, _ = await reading
+        active.probes[item.seq] = (digest, probe)
+        while len(active.probes) > PROBES_KEPT:
+            active.probes.popitem(last=False)
+        return digest, probe
+
+    def _load(self, job: JobRecord, item: JobItem) -> bytes:
+        """The item's bytes (blocking): a spooled ZIP entry, or the file read afresh through
+        the sandbox (it may have been swapped for a link since it was listed)."""
+        if job.source == "zip":
+            try:
+                fd = os.open(self.spool_dir / job.id / str(item.seq),
+                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise ApiError("file_not_found", f"the spooled copy of {_quote(item.file)} "
+                               "is gone") from None
+            with open(fd, "rb") as handle:
+                image = handle.read(self.policy.max_body_size + 1)
+        else:
+            path = f"{job.location}/{item.file}"
+            try:
+                image = read_sandboxed(path, self.policy.filename_roots,
+                                       self.policy.max_body_size)
+            except ApiError as error:
+                # Name the file as the job lists it, not by the server's absolute path.
+                raise ApiError(error.code, error.message.replace(_quote(path),
+                                                                 _quote(item.file))) from None
+        if not image:
+            raise ApiError("invalid_image", "the file is empty (0 bytes)")
+        if len(image) > self.policy.max_body_size:
+            raise ApiError("too_large", f"the file is over {self.policy.max_body_size} bytes, "
+                           "the limit")
+        return image
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _expire_periodically(self) -> None:
+        period = min(3600.0, max(15.0, self.limits.retention / 4))
+        while not self.closing:
+            await self._pause(period)
+            if self.closing:
+                return
+            try:
+                await self.expire_finished()
+            except Exception:
+                log.exception("cannot delete expired jobs")
+
+    # -- the state folder -------------------------------------------------------------
+
+    def _make_folders(self) -> None:
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.spool_dir.mkdir(mode=0o700, exist_ok=True)
+
+    async def _remove_orphaned_spools(self) -> None:
+        """Spool folders of jobs that are not in the store (a crash between spooling and
+        recording the job, or a deletion interrupted)."""
+        loop = asyncio.get_running_loop()
+        names = await loop.run_in_executor(None, os.listdir, self.spool_dir)
+        for name in names:
+            if not valid_job_id(name) or await self.store.get(name) is None:
+                await loop.run_in_executor(None, _remove_tree, self.spool_dir / name)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
