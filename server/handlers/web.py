@@ -12,7 +12,9 @@ unchanged one is never fetched twice. Without the right hash an asset is `no-cac
 
 The page and its files are public (a browser cannot send a bearer token when it navigates);
 they hold no server data. What the page needs to know about this server (the loaded models,
-option defaults and ranges) comes from GET /web/settings, which needs the token like the API.
+option defaults and ranges, whether folder jobs are on) comes from GET /web/settings, which
+needs the token like the API. It names no server path: whether filename roots exist is all
+the folder-job form needs, since a job's folder is resolved against them on the server.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from ocr_engine.options import OPTION_NAMES
 
 from ..errors import ApiError
+from ..jobs import DEFAULT_PATTERNS
 from ..request import field_schemas
 from .base import BaseHandler
 
@@ -47,6 +50,8 @@ _REVALIDATE = "no-cache"
 _PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' "
                 "blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
                 "frame-ancestors 'none'")
+# The fields of a PDF or multi-page TIFF request, in the order the page shows them.
+DOCUMENT_FIELDS = ("pages", "dpi", "pdf_text", "password")
 _ASSET_REFERENCE = re.compile(r'((?:src|href)=")static/([^"?#/]+)(")')
 
 
@@ -153,15 +158,26 @@ class SettingsHandler(BaseHandler):
 
     {"models": [...], "default_model": "...", "max_body_size": N,
      "options": [{"name": ..., "type": ..., "default": ..., "minimum"/"maximum"/"enum",
-                  "description": ...}, ...]} (the options in declaration order).
+                  "description": ...}, ...] (the OCR options in declaration order),
+     "document_options": [the same for pages, dpi, pdf_text, password],
+     "jobs": {"enabled": bool, "folders": bool, "default_patterns": [...]}}
+
+    `jobs.enabled` is false when the server runs without a job store (/jobs answers 404);
+    `jobs.folders` is false when service.filename_roots is empty (only ZIP jobs then).
     """
 
     def get(self) -> None:
         policy = self.ctx.requests
         schemas = field_schemas(policy)
-        self.send_json({"models": list(policy.models), "default_model": policy.default_model,
-                        "max_body_size": policy.max_body_size,
-                        "options": [{"name": name, **schemas[name]} for name in OPTION_NAMES]})
+        self.send_json({
+            "models": list(policy.models), "default_model": policy.default_model,
+            "max_body_size": policy.max_body_size,
+            "options": [{"name": name, **schemas[name]} for name in OPTION_NAMES],
+            "document_options": [{"name": name, **schemas[name]} for name in DOCUMENT_FIELDS],
+            "jobs": {"enabled": self.ctx.services.jobs is not None,
+                     "folders": bool(policy.filename_roots),
+                     "default_patterns": list(DEFAULT_PATTERNS)},
+        })
 
 
 def _etag_matches(header: str, etag: str) -> bool:
