@@ -41,9 +41,11 @@ def _limit(name: str, doc: str) -> Any:
 
 
 def _key(default: Any, doc: str, *, low: float | None = None, high: float | None = None,
-         choices: tuple | None = None, nullable: bool = False, option: str | None = None) -> Any:
+         choices: tuple | None = None, nullable: bool = False, option: str | None = None,
+         kind: type | None = None) -> Any:
+    # `kind`: the value's type where the default (None) cannot say it.
     meta = {"doc": doc, "low": low, "high": high, "choices": choices, "nullable": nullable,
-            "option": option}
+            "option": option, "kind": kind}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -123,6 +125,15 @@ class PredictSystemConfig:
                            "are refused before decoding (413)", low=1, high=10**9)
     dpi: int = _key(200, "resolution PDF pages are rendered at for OCR, unless a request "
                     "gives 'dpi'", low=MIN_DPI, high=MAX_DPI)
+    pdf_memory_mb: int = _key(1024, "MB of address space a PDF read (a probe, one page) may add "
+                              "in its sandboxed child process; past it the document is refused "
+                              "as document_too_complex", low=64, high=1 << 20)
+    pdf_timeout: float | None = _key(None, "seconds a PDF read (a probe, one page) may take in "
+                                     "its sandboxed child before it is killed and the document "
+                                     "refused as document_too_complex; must be below "
+                                     "ocr.process.task_timeout; null = 30 s or half the task "
+                                     "timeout, whichever is less", low=1, high=3600,
+                                     nullable=True, kind=float)
     # PaddleOCR's options: default, range and description come from ocr_engine.options.
     use_angle_cls: bool = _option("use_angle_cls")
     det_limit_side_len: int = _option("det_limit_side_len")
@@ -149,6 +160,11 @@ class PredictSystemConfig:
                                        "of one recognition batch")
     cls_max_batch_pixels: int = _limit("cls_max_batch_pixels", "batch x height x width of one "
                                        "direction-classifier batch")
+
+    def pdf_timeout_s(self, task_timeout: float) -> float:
+        """The PDF sandbox's time budget: the configured one, else 30 s or half the task
+        timeout (the child must be killed before the pool kills the worker)."""
+        return self.pdf_timeout if self.pdf_timeout is not None else min(30.0, task_timeout / 2)
 
     def engine_limits(self) -> EngineLimits:
         try:
@@ -247,7 +263,19 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         node[last] = value
     config = _build(Config, data, "")
     config.ocr.predict_system.engine_limits()  # the limits' own cross-checks (ConfigError)
+    _check_pdf_timeout(config)
     return dataclasses.replace(config, base_dir=base_dir)
+
+
+def _check_pdf_timeout(config: Config) -> None:
+    # The sandboxed child must be killed (the document refused) before the pool kills the
+    # worker running it for the same job (the worker, models and all, lost).
+    pdf_timeout = config.ocr.predict_system.pdf_timeout
+    task_timeout = config.ocr.process.task_timeout
+    if pdf_timeout is not None and pdf_timeout >= task_timeout:
+        raise ConfigError(f"ocr.predict_system.pdf_timeout ({pdf_timeout:g}) must be below "
+                          f"ocr.process.task_timeout ({task_timeout:g}): a slow PDF must cost "
+                          "its sandboxed child, not the worker")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -282,7 +310,7 @@ def _check(key: str, spec: dataclasses.Field, value: Any) -> Any:
         if meta["nullable"]:
             return None
         raise ConfigError(f"{key}: must not be null")
-    expected = type(default) if default is not None else str
+    expected = meta["kind"] or (type(default) if default is not None else str)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is int and isinstance(value, float) and value.is_integer():

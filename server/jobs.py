@@ -60,16 +60,16 @@ from typing import Any
 
 from tornado.httputil import HTTPFile
 
-from ocr_engine import InvalidOptionError, OcrOptions, parse_options
+from ocr_engine import InvalidOptionError, OcrOptions
 from ocr_engine.documents import PDF_TEXT_MODES, document_kind
-from ocr_engine.options import OPTION_NAMES, OPTION_SPECS, FieldSpec
+from ocr_engine.options import OPTION_SPECS, FieldSpec
 
 from .config import MAX_DPI, MIN_DPI
 from .documents import page_identity, page_key, probe_key
 from .errors import ApiError, ErrorInfo, error_info
 from .pool import Lane
 from .protocol import DocumentProbeJob, OcrJob, PageJob
-from .request import RequestPolicy, clip
+from .request import RequestPolicy, clip, given_options, loaded_model
 from .sandbox import _quote, open_in_roots, read_sandboxed
 from .service import OcrService, request_key
 from .store import FINISHED_STATUSES, ItemOutcome, ItemSpec, JobItem, JobRecord, JobStore
@@ -158,7 +158,7 @@ def parse_job_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFi
                       policy: RequestPolicy) -> JobRequest:
     """Validates POST /jobs's fields (server.request.read_fields's output) the way
     parse_request validates /ocr_service's: unknown fields refused, an empty value means not
-    given, options through ocr_engine.parse_options over the server's defaults."""
+    given, the model and options checked by the same helpers (loaded_model, given_options)."""
     unknown = [name for name in fields if name not in _JOB_SPECS]
     unknown += [name for name in files if name != "file"]
     if unknown:
@@ -176,15 +176,9 @@ def parse_job_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFi
     if directory is None and not uploads:
         raise ApiError("missing_field", "a job needs 'directory' (a folder inside "
                        "service.filename_roots) or 'file' (a ZIP upload)")
-    model = _coerce("model", given["model"]) if "model" in given else policy.default_model
-    if model not in policy.models:
-        raise ApiError("unknown_model", f"model {clip(model, 40)} is not loaded; "
-                       f"loaded: {', '.join(policy.models)}")
-    try:
-        options = parse_options({k: v for k, v in given.items() if k in OPTION_NAMES},
-                                policy.defaults)
-    except InvalidOptionError as exc:
-        raise ApiError("invalid_option", str(exc)) from None
+    model = loaded_model(_coerce("model", given["model"]) if "model" in given else None,
+                         policy)
+    options = given_options(given, policy)
     recursive = _coerce("recursive", given["recursive"]) if "recursive" in given else False
     dpi = _coerce("dpi", given["dpi"]) if "dpi" in given else policy.default_dpi
     pdf_text = _coerce("pdf_text", given["pdf_text"]) if "pdf_text" in given else "ocr"

@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 
-from ocr_engine import ModelNotFoundError, custom_model_paths, resolve_model_set
+from ocr_engine import ModelNotFoundError, PdfSandbox, custom_model_paths, resolve_model_set
 
 from .app import make_app
 from .config import Config
@@ -56,10 +56,12 @@ def build_engine_spec(config: Config) -> EngineSpec:
         models[system.model] = resolve_model_set(system.model, system.backend, models_dir)
     for name in system.models:
         models[name] = resolve_model_set(name, system.backend, models_dir)
+    sandbox = PdfSandbox(system.pdf_memory_mb,
+                         system.pdf_timeout_s(config.ocr.process.task_timeout))
     return EngineSpec(models=models, backend=system.backend, threads=config.threads_per_worker,
                       max_pixels=system.max_pixels, rec_batch_size=system.rec_batch_num,
                       cls_batch_size=system.cls_batch_num, defaults=system.default_options(),
-                      limits=system.engine_limits())
+                      limits=system.engine_limits(), pdf_sandbox=sandbox)
 
 
 def pool_config(config: Config) -> PoolConfig:

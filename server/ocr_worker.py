@@ -12,7 +12,7 @@ PDF costs that child, never this worker and its loaded models.
 from __future__ import annotations
 
 from ocr_engine import EngineConfig, ModelNotFoundError, OcrEngine, OcrResult, setup_process
-from ocr_engine.documents import PdfSandbox, probe_document, read_page
+from ocr_engine.documents import probe_document, read_page
 
 from .protocol import DocumentProbeJob, EngineSpec, OcrJob, PageJob
 
@@ -36,8 +36,7 @@ class OcrHandler:
             engine.warm_up()
             self.engines[name] = engine
         self.max_pixels = spec.max_pixels
-        # TODO wire: EngineSpec.pdf_sandbox from the config (ocr.documents.*).
-        self.pdf_sandbox = getattr(spec, "pdf_sandbox", None) or PdfSandbox()
+        self.pdf_sandbox = spec.pdf_sandbox
 
     def __call__(self, job: OcrJob | DocumentProbeJob | PageJob) -> dict:
         if isinstance(job, PageJob):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ocr_engine import EngineLimits, ModelPaths, OcrOptions
-from ocr_engine.documents import DEFAULT_MAX_PAGES
+from ocr_engine.documents import DEFAULT_MAX_PAGES, PdfSandbox
 
 from .errors import ErrorInfo
 
@@ -104,6 +104,7 @@ class EngineSpec:
     cls_batch_size: int = 6
     defaults: OcrOptions = field(default_factory=OcrOptions)
     limits: EngineLimits = field(default_factory=EngineLimits)
+    pdf_sandbox: PdfSandbox = field(default_factory=PdfSandbox)  # each PDF read's budget
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ class Channel:
 @dataclass(frozen=True)
 class DocumentProbeJob:
     """What a document is -> {"kind": "pdf" | "tiff" | "image", "pages": int,
-    "page_sizes": [[w, h], ...] (points for PDF, pixels otherwise), "text_pages": [bool, ...]}.
+    "page_sizes": [[w, h], ...] (points for PDF, pixels otherwise), "text_pages": [bool, ...],
+    "page_digests": [hex, ...] (equal only for pages that read the same: a page's cache key)}.
     A PDF over `max_pages` fails with too_many_pages before any page is read."""
 
     data: bytes

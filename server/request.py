@@ -322,17 +322,8 @@ def parse_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFile]]
                        "(or upload a 'file', or give 'img_src')")
     _control(given, "file")  # a text field named 'file' is not an upload
     block = _control(given, "block_flag")
-    model = _control(given, "model")
-    if model is None:
-        model = policy.default_model
-    elif model not in policy.models:
-        raise ApiError("unknown_model", f"model {clip(model, 40)} is not loaded; "
-                       f"loaded: {', '.join(policy.models)}")
-    try:
-        options = parse_options({k: v for k, v in given.items() if k in REQUEST_OPTIONS},
-                                policy.defaults)
-    except InvalidOptionError as exc:
-        raise ApiError("invalid_option", str(exc)) from None
+    model = loaded_model(_control(given, "model"), policy)
+    options = given_options(given, policy)
     document = _document_options(given, policy)
     block = _CONTROL["block_flag"].default if block is None else block
     image: bytes | None = None
@@ -508,6 +499,26 @@ def _check_size(image: bytes, policy: RequestPolicy) -> None:
 
 def _is_empty(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
+
+
+def loaded_model(model: str | None, policy: RequestPolicy) -> str:
+    """`model` if it is loaded, the default model when None; ApiError unknown_model else."""
+    if model is None:
+        return policy.default_model
+    if model not in policy.models:
+        raise ApiError("unknown_model", f"model {clip(model, 40)} is not loaded; "
+                       f"loaded: {', '.join(policy.models)}")
+    return model
+
+
+def given_options(given: Mapping[str, Any], policy: RequestPolicy) -> OcrOptions:
+    """The OCR options among the `given` fields over the server's defaults (other fields are
+    left to the caller); ApiError invalid_option naming the first wrong one."""
+    try:
+        return parse_options({k: v for k, v in given.items() if k in REQUEST_OPTIONS},
+                             policy.defaults)
+    except InvalidOptionError as exc:
+        raise ApiError("invalid_option", str(exc)) from None
 
 
 def _control(given: Mapping[str, Any], name: str) -> Any:

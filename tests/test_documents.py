@@ -12,6 +12,7 @@ import asyncio
 import io
 import math
 import os
+import re
 import resource
 from pathlib import Path
 
@@ -32,13 +33,14 @@ from ocr_engine import (
     WrongPasswordError,
     decode_image,
     document_kind,
+    documents,
     page_text,
     probe_document,
     read_page,
     render_page,
 )
 from ocr_engine.documents import rendered_size
-from server.config import load_config
+from server.config import ConfigError, load_config
 from server.main import build_engine_spec, pool_config
 from server.ocr_worker import boot
 from server.pool import JobFailed, WorkerPool
@@ -107,7 +109,8 @@ def test_probe_gives_kind_pages_sizes_and_text_pages(scans_pdf, mixed_pdf):
     assert mixed.pages == 3 and mixed.text_pages == (True, False, True)
     assert mixed.page_sizes == (pdfs.LETTER,) * 3
     assert mixed.to_dict() == {"kind": "pdf", "pages": 3, "page_sizes": [[612.0, 792.0]] * 3,
-                               "text_pages": [True, False, True]}
+                               "text_pages": [True, False, True],
+                               "page_digests": list(mixed.page_digests)}
     tiff = probe_document(pdfs.tiff_bytes(frames()))
     assert (tiff.kind, tiff.pages, tiff.text_pages) == ("tiff", 3, (False,) * 3)
     assert tiff.page_sizes == ((500, 500), (840, 524), (320, 200))
@@ -178,6 +181,161 @@ def test_truncated_and_corrupt_documents_are_invalid(scans_pdf):
     # A page tree thousands of levels deep: pdfium's depth cap leaves no readable page.
     with pytest.raises(InvalidDocumentError, match="page tree is broken"):
         probe_document(pdfs.nested_page_tree_pdf(5000))
+
+
+# --- page digests ------------------------------------------------------------------------------
+
+
+def test_a_page_has_one_digest_in_any_pdf_and_a_changed_page_another():
+    receipt = Image.open(RECEIPT).convert("RGB")
+    flipped = receipt.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    first = probe_document(pdfs.images_pdf([receipt, BOOK_PAGE, receipt], dpi=72)).page_digests
+    resent = probe_document(pdfs.images_pdf([receipt, BOOK_PAGE, flipped], dpi=72)).page_digests
+    assert len(first) == 3 and all(re.fullmatch("[0-9a-f]{64}", digest) for digest in first)
+    assert resent[:2] == first[:2] and resent[2] != first[2]
+    assert first[0] == first[2]  # the same image twice is the same page
+    # Another order, other pages around it, objects numbered otherwise: the same page.
+    mixed = probe_document(pdfs.text_pdf([INVOICE, RECEIPT, ["Second text page"]])).page_digests
+    moved = probe_document(pdfs.text_pdf([["A new first page"], RECEIPT, INVOICE])).page_digests
+    assert (moved[1], moved[2]) == (mixed[1], mixed[0]) and moved[0] not in mixed
+    edited = probe_document(pdfs.text_pdf([INVOICE[:2] + ["Thank you, come again"]]))
+    assert edited.page_digests[0] != mixed[0]
+    # Encryption is not content: the same page encrypted is the same (fpdf2 adds a /Group).
+    locked = probe_document(pdfs.text_pdf([INVOICE], owner_password="o", user_password="u"),
+                            password="u")
+    assert locked.page_digests == probe_document(
+        pdfs.text_pdf([INVOICE], owner_password="o", user_password="u"), password="o"
+    ).page_digests
+
+
+def _one_page_pdf(page: bytes = b"", tree: bytes = b"", catalog: bytes = b"",
+                  content: bytes = b"BT /F1 24 Tf 72 700 Td (page) Tj ET",
+                  font: bytes = b"/Type /Font /Subtype /Type1 /BaseFont /Helvetica",
+                  extra: tuple[bytes, ...] = (), unused: int = 0) -> bytes:
+    """A page drawing `content` in `font`; `page`, `tree` and `catalog` add keys to the page,
+    the page-tree node above it and the catalog. Objects: 1 catalog, 2 tree, `unused` unused
+    ones, then the page, its content, the font, an optional-content group /L1 and `extra`."""
+    first = 3 + unused
+    numbers = {"page": first, "content": first + 1, "font": first + 2, "layer": first + 3}
+    refs = {name: b"%d 0 R" % number for name, number in numbers.items()}
+    def fill(text: bytes) -> bytes:
+        for name, ref in refs.items():
+            text = text.replace(b"{" + name.encode() + b"}", ref)
+        for k in range(len(extra)):
+            text = text.replace(b"{extra%d}" % k, b"%d 0 R" % (first + 4 + k))
+        return text
+    return pdfs.raw_pdf([
+        fill(b"<< /Type /Catalog /Pages 2 0 R " + catalog + b" >>"),
+        fill(b"<< /Type /Pages /Kids [{page}] /Count 1 " + tree + b" >>"),
+        *[b"<< /Unused %d >>" % k for k in range(unused)],
+        fill(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} "
+             b"/Resources << /Font << /F1 {font} >> /Properties << /L1 {layer} >> >> "
+             + page + b" >>"),
+        pdfs.stream(b"", content), b"<< " + font + b" >>", b"<< /Type /OCG /Name (L1) >>",
+        *[fill(item) for item in extra]])
+
+
+def test_what_changes_how_a_page_reads_changes_its_digest():
+    def digest(data: bytes) -> str:
+        return probe_document(data).page_digests[0]
+
+    base = digest(_one_page_pdf())
+    # Not the page's: the document's /Info, how objects are numbered, a link's target.
+    assert digest(_one_page_pdf(unused=3)) == base
+    assert digest(_one_page_pdf(extra=(b"<< /Title (another) >>",))) == base
+    link = b"/Annots [<< /Type /Annot /Subtype /Link /Rect [0 0 9 9] /Dest [{extra0} /Fit] >>]"
+    assert digest(_one_page_pdf(link, extra=(b"<< /Type /Page >>",))) == \
+        digest(_one_page_pdf(link, extra=(b"<< /Type /Page /Rotate 90 >>",)))
+    hidden = b"/OC /L1 BDC 0 0 m 300 300 l 10 w S EMC"
+    shown, off = (_one_page_pdf(content=hidden, catalog=b"/OCProperties << /OCGs [{layer}] "
+                                b"/D << /%s [{layer}] >> >>" % state) for state in (b"ON", b"OFF"))
+    assert not np.array_equal(render_page(shown, 1, 72), render_page(off, 1, 72))
+    variants = {
+        "content": _one_page_pdf(content=b"BT /F1 24 Tf 72 700 Td (pagf) Tj ET"),
+        "inherited rotation": _one_page_pdf(tree=b"/Rotate 90"),
+        "inherited crop box": _one_page_pdf(tree=b"/CropBox [0 0 300 300]"),
+        "crop box": _one_page_pdf(b"/CropBox [0 0 300 300]"),
+        "font": _one_page_pdf(font=b"/Type /Font /Subtype /Type1 /BaseFont /Courier"),
+        # Resources typed as pages, and an /Annots array with a reference to nothing: pdfium's
+        # page import (FPDF_ImportPages) drops them, so hashing a one-page copy would not see
+        # them; pdfium still draws that font and that annotation.
+        "font typed as a page": _one_page_pdf(font=b"/Type /Page /Subtype /Type1 "
+                                                   b"/BaseFont /Courier"),
+        "another font typed as a page": _one_page_pdf(font=b"/Type /Page /Subtype /Type1 "
+                                                           b"/BaseFont /Times-Roman"),
+        "annotation beside a dangling reference": _one_page_pdf(
+            b"/Annots [{extra0} 99 0 R]",
+            extra=(b"<< /Type /Annot /Subtype /Square /Rect [50 50 200 200] /C [1 0 0] >>",)),
+        "layer shown": shown,
+        "layer hidden": off,
+    }
+    digests = {name: digest(data) for name, data in variants.items()}
+    assert base not in digests.values()
+    assert len(set(digests.values())) == len(digests), digests
+
+
+def _shared(data: bytes, **options) -> list[bool]:
+    """For each page: whether its digest survives a change to the document's bytes that
+    changes no page (a comment after the end), i.e. whether it is its content's."""
+    first = probe_document(data, **options).page_digests
+    again = probe_document(data + b"\n% not a page\n", **options).page_digests
+    return [a == b for a, b in zip(first, again, strict=True)]
+
+
+def test_pages_that_cannot_be_told_apart_are_only_shared_with_themselves():
+    assert _shared(_one_page_pdf()) == [True]
+    # One page object shown as two pages, and a page whose marker is forged elsewhere.
+    twice = _one_page_pdf().replace(b"/Kids [3 0 R] /Count 1", b"/Kids [3 0 R 3 0 R] /Count 2")
+    assert probe_document(twice).pages == 2 and _shared(twice) == [False, False]
+    forged = _one_page_pdf(b"/Forged {extra0}",
+                           extra=(b"<< /ArtBox [0 %r 0 %r] >>" % (documents._MARKER_BOTTOM,
+                                                                  documents._MARKER_TOP),))
+    assert _shared(forged) == [False]
+    # A page dictionary doubling as something a page draws (an appearance): the marker took
+    # its /ArtBox, so what that held is not known.
+    doubling = b"/Annots [<< /Type /Annot /Subtype /Square /Rect [0 0 9 9] /AP << /N {page} >> >>]"
+    assert _shared(_one_page_pdf(doubling)) == [False]
+    # An annotated page in a document with a form: widgets may be drawn from the form.
+    square = b"/Annots [<< /Type /Annot /Subtype /Square /Rect [50 50 200 200] >>]"
+    assert _shared(_one_page_pdf(square)) == [True]
+    assert _shared(_one_page_pdf(square, catalog=b"/AcroForm << /Fields [] >>")) == [False]
+    assert _shared(_one_page_pdf(catalog=b"/AcroForm << /Fields [] >>")) == [True]
+
+
+def test_a_digest_pass_that_fails_leaves_the_document_readable(monkeypatch, mixed_pdf):
+    expected = probe_document(mixed_pdf)
+
+    def crash(*args):
+        os._exit(3)
+
+    monkeypatch.setattr(documents, "_pdf_page_digests", crash)
+    info = probe_document(mixed_pdf)
+    assert (info.pages, info.text_pages) == (expected.pages, expected.text_pages)
+    assert len(set(info.page_digests)) == 3 and not set(info.page_digests) & set(
+        expected.page_digests)
+    assert _shared(mixed_pdf) == [False] * 3
+
+
+def test_a_tiff_frame_has_one_digest_in_any_tiff_and_a_changed_frame_another():
+    colour, grey, bits = frames()
+    lzw = probe_document(pdfs.tiff_bytes([colour, grey, bits])).page_digests
+    raw = probe_document(pdfs.tiff_bytes([bits, colour], compression="raw")).page_digests
+    assert (raw[0], raw[1]) == (lzw[2], lzw[0]) and len(set(lzw)) == 3
+    touched = colour.copy()
+    touched.putpixel((250, 250), (0, 0, 0))
+    changed = probe_document(pdfs.tiff_bytes([touched, grey, bits])).page_digests
+    assert changed[0] != lzw[0] and changed[1:] == lzw[1:]
+    # The same palette indices in other colours; the same pixels, turned by their tag.
+    palette = grey.convert("P")
+    other = palette.copy()
+    other.putpalette([255 - value for value in palette.getpalette()])
+    assert probe_document(pdfs.tiff_bytes([palette, bits])).page_digests[0] != \
+        probe_document(pdfs.tiff_bytes([other, bits])).page_digests[0]
+    turned = io.BytesIO()
+    grey.save(turned, "TIFF", save_all=True, append_images=[bits], tiffinfo={274: 6})
+    assert render_page(turned.getvalue(), 1).shape == (840, 524, 3)
+    assert probe_document(turned.getvalue()).page_digests[0] != lzw[1]
+    assert _shared(pdfs.tiff_bytes([colour, grey, bits])) == [True] * 3
 
 
 # --- render ------------------------------------------------------------------------------------
@@ -374,6 +532,24 @@ def _zombie_children() -> list[int]:
 # --- the worker's document jobs, through a real pool -------------------------------------------
 
 
+def test_the_pdf_sandbox_budget_comes_from_the_config():
+    config = load_config(ROOT / "config.json", {"ocr.predict_system.pdf_memory_mb": 512,
+                                                "ocr.predict_system.pdf_timeout": 12})
+    assert build_engine_spec(config).pdf_sandbox == PdfSandbox(memory_mb=512, timeout_s=12.0)
+    assert build_engine_spec(load_config(ROOT / "config.json")).pdf_sandbox == PdfSandbox()
+    # The child must be killed before the pool kills the worker for the same job.
+    with pytest.raises(ConfigError, match=r"ocr\.predict_system\.pdf_timeout \(30\) must be "
+                       r"below ocr\.process\.task_timeout \(30\)"):
+        load_config(None, {"ocr.process.task_timeout": 30, "ocr.predict_system.pdf_timeout": 30})
+    # Left unset, it follows a short task timeout instead of refusing to start.
+    short = load_config(ROOT / "config.json", {"ocr.process.task_timeout": 20})
+    assert build_engine_spec(short).pdf_sandbox.timeout_s == 10.0
+    assert load_config(None, {"ocr.process.task_timeout": 30,
+                              "ocr.predict_system.pdf_timeout": 29.5})
+    with pytest.raises(ConfigError, match="pdf_memory_mb: must be at least 64"):
+        load_config(None, {"ocr.predict_system.pdf_memory_mb": 32})
+
+
 def test_worker_handles_probe_page_and_image_jobs(scans_pdf, mixed_pdf):
     config = load_config(ROOT / "config.json", {"ocr.process.number": 1,
                                                 "ocr.process.threads": 1})
@@ -393,7 +569,8 @@ def test_worker_handles_probe_page_and_image_jobs(scans_pdf, mixed_pdf):
             [pid] = pool.worker_pids()
             probe = await pool.submit(DocumentProbeJob(mixed_pdf))
             assert probe == {"kind": "pdf", "pages": 3, "page_sizes": [[612.0, 792.0]] * 3,
-                             "text_pages": [True, False, True]}
+                             "text_pages": [True, False, True],
+                             "page_digests": list(probe_document(mixed_pdf).page_digests)}
             text = await pool.submit(page_job(mixed_pdf, 1))
             assert text["source"] == "text_layer" and text["model"] == model
             assert (text["page"], text["width"], text["height"]) == (1, *LETTER_AT_200_DPI)

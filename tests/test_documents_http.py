@@ -257,10 +257,6 @@ class TestPdf(DocumentTestCase):
         assert repeat["cached"] is True and repeat["pages"] == done["pages"]
         assert self.service.engine_runs == 3
 
-    @pytest.mark.xfail(strict=True, reason="needs the probe's page_digests (one content digest "
-                       "per page, server/documents.py): without them a page's key is the "
-                       "document's hash and its number, so a changed document misses on "
-                       "every page")
     def test_a_resent_pdf_with_one_changed_page_costs_one_run(self):
         pages = receipt_pages()
         original = self.ok(self.upload_one(images_pdf(pages, dpi=PAGE_DPI), dpi=PAGE_DPI))

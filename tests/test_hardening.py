@@ -77,7 +77,8 @@ BAD_UPLOADS = {
     "zero_byte_file": (b"", 415, "invalid_image"),
     "plain_text": (b"hello, this is text\n" * 10, 415, "invalid_image"),
     "html": (b"<!doctype html><html><body><img src=x></body></html>", 415, "invalid_image"),
-    "pdf": (b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", 415, "invalid_image"),
+    # PDFs are documents now: a broken one is an invalid document (still 415).
+    "pdf": (b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", 415, "invalid_document"),
     "svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><text>hi</text>'
             b"</svg>", 415, "invalid_image"),
     "zip": (zip_bytes(), 415, "invalid_image"),
@@ -92,7 +93,7 @@ BAD_UPLOADS = {
 # Odd but valid images: each is read (the receipt's first line where the receipt is inside).
 ODD_IMAGES = {
     "animated_gif_first_frame": (animated_gif(), FIRST_LINE),
-    "multipage_tiff_first_page": (multipage_tiff(), FIRST_LINE),
+    "multipage_tiff_every_page": (multipage_tiff(), FIRST_LINE),
     "cmyk_jpeg": (encode(receipt().convert("CMYK"), "JPEG", quality=95), FIRST_LINE),
     "grey_16bit_png": (grey16_png(), FIRST_LINE),
     "palette_png_with_transparency": (palette_png_with_transparency(), FIRST_LINE),
@@ -117,7 +118,9 @@ class TestHostileInput(ServerTestCase):
         for name, (data, first_line) in ODD_IMAGES.items():
             response = self.upload(data)
             assert response.code == 200, (name, response.body[:300])
-            lines = json.loads(response.body)["lines"]
+            body = json.loads(response.body)
+            # A multi-page TIFF is a document now: every page is read, the first is the receipt.
+            lines = body["pages"][0]["lines"] if "pages" in body else body["lines"]
             if first_line is None:
                 assert lines == [], name
             else:
@@ -155,6 +158,8 @@ class TestHostileInput(ServerTestCase):
                                          img_src="data:image/png;base64,@@@"), 400,
                           "invalid_field")
         self.assert_error(self.post_json(file_type="base64", img_src="data:application/pdf;"
+                                         "base64,JVBERi0="), 415, "invalid_document")
+        self.assert_error(self.post_json(file_type="base64", img_src="data:text/html;"
                                          "base64,JVBERi0="), 415, "invalid_image")
         self.assert_error(self.post_json(file_type="file"), 400, "missing_field")
         self.assert_error(self.post_json(file_type="base64", img_src=12), 400, "missing_field")

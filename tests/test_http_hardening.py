@@ -11,30 +11,21 @@ generous deadlines.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import re
 import secrets
-import urllib.parse
-from pathlib import Path
 
-import pytest
 import tornado.testing
 from tornado.httpclient import HTTPResponse
 from tornado.log import gen_log
 
-from server.app import make_app
-from server.config import load_config
 from server.errors import INTERNAL_MESSAGE
-from server.main import build_context, build_http_server, pool_config
-from server.pool import WorkerPool
-from server.protocol import EngineSpec
 from server.service import request_key
 from server.testing import multipart
-from tests.echo_worker import SECRET_TEXT, EchoOcrHandler, echo_text
+from tests.app_testing import AppTestCase, b64
+from tests.echo_worker import SECRET_TEXT, echo_text
 
-ROOT = Path(__file__).resolve().parent.parent
 # Generous: a deadline that only a broken server reaches, never a measure of speed.
 DEADLINE = 60.0
 TOKEN = "s3cret-token"
@@ -54,73 +45,20 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
-def b64(image: bytes) -> str:
-    return base64.b64encode(image).decode()
-
-
 def without_request_id(body: dict) -> dict:
     """An error body without its per-response request id (if the server adds one)."""
     error = {key: value for key, value in body["error"].items() if key != "request_id"}
     return {**body, "error": error}
 
 
-class EchoServerTestCase(tornado.testing.AsyncHTTPTestCase):
-    """The real app behind the hardened listener, over a pool of echo workers.
+class EchoServerTestCase(AppTestCase):
+    """The real app behind the hardened listener, over a pool of echo workers (AppTestCase's
+    defaults), with helpers for tasks, raw sockets and logs.
 
     `overrides` tune config.json for the test class; `pool_size` is the number of workers.
     """
 
-    overrides: dict = {}
-    pool_size = 1
-
-    @pytest.fixture(autouse=True)
-    def _pytest_fixtures(self, caplog, capfd, tmp_path):
-        self.caplog, self.capfd, self.tmp_path = caplog, capfd, tmp_path
-
-    def get_app(self):
-        self.config = load_config(ROOT / "config.json", {
-            "ocr.process.number": self.pool_size, "ocr.process.threads": 1, **self.overrides})
-        spec = EngineSpec(models={"ppocr-v4": None},
-                          defaults=self.config.ocr.predict_system.default_options())
-        self.pool = WorkerPool(EchoOcrHandler, spec, pool_config(self.config))
-        self.io_loop.run_sync(self.pool.start, timeout=DEADLINE)
-        self.ctx = build_context(self.config, self.pool, spec)
-        self.service = self.ctx.services.ocr
-        return make_app(self.ctx)
-
-    def get_http_server(self):
-        # The production listener (it builds its own app from the same context); the test
-        # case binds it with add_sockets, which GuardedHTTPServer overrides.
-        return build_http_server(self.config, self.ctx)
-
-    def tearDown(self):
-        self.io_loop.run_sync(lambda: self.pool.close(timeout=10), timeout=DEADLINE)
-        super().tearDown()
-
-    # -- HTTP through a client ----------------------------------------------------------
-
-    @property
-    def auth(self) -> dict[str, str]:
-        token = self.config.web_server.api_token
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-    def request(self, path: str, method: str = "GET", body: bytes | str | None = None,
-                headers: dict | None = None) -> HTTPResponse:
-        return self.io_loop.run_sync(lambda: self.http_client.fetch(
-            self.get_url(path), method=method, body=body, headers=headers, raise_error=False,
-            request_timeout=DEADLINE, allow_nonstandard_methods=True), timeout=DEADLINE)
-
-    def post_json(self, fields: dict | str, headers: dict | None = None) -> HTTPResponse:
-        body = fields if isinstance(fields, str) else json.dumps(fields)
-        return self.request("/ocr_service", "POST", body, {
-            "Content-Type": "application/json", **self.auth, **(headers or {})})
-
-    def post_form(self, **fields: str) -> HTTPResponse:
-        return self.request("/ocr_service", "POST", urllib.parse.urlencode(fields), {
-            "Content-Type": "application/x-www-form-urlencoded", **self.auth})
-
-    def read(self, image: bytes, **fields) -> HTTPResponse:
-        return self.post_json({"file_type": "base64", "img_src": b64(image), **fields})
+    deadline = DEADLINE
 
     def submit(self, image: bytes) -> str:
         response = self.read(image, block_flag=False)
@@ -132,7 +70,7 @@ class EchoServerTestCase(tornado.testing.AsyncHTTPTestCase):
     def poll(self, task_id: str) -> HTTPResponse:
         return self.request(f"/ocr_service/{task_id}", headers=self.auth)
 
-    def wait_task(self, task_id: str) -> HTTPResponse:
+    def poll_until_done(self, task_id: str) -> HTTPResponse:
         """Polls the task over HTTP until it is no longer pending (bounded)."""
         async def finished() -> HTTPResponse:
             while True:
@@ -143,13 +81,6 @@ class EchoServerTestCase(tornado.testing.AsyncHTTPTestCase):
                     return response
                 await asyncio.sleep(0.02)
         return self.io_loop.run_sync(finished, timeout=DEADLINE)
-
-    def assert_error(self, response: HTTPResponse, status: int, code: str) -> dict:
-        body = json.loads(response.body)
-        assert response.code == status, (response.code, body)
-        assert body["error"]["code"] == code, body
-        assert response.headers["Content-Type"].startswith("application/json")
-        return body
 
     def assert_ready(self) -> None:
         response = self.request("/ready", headers=self.auth)
@@ -494,7 +425,7 @@ class TestTaskIds(EchoServerTestCase):
         key = request_key(image, self.ctx.requests.defaults.cache_key(), "ppocr-v4")
         assert key not in (first, second)
         for task_id in (first, second):
-            done = self.wait_task(task_id)
+            done = self.poll_until_done(task_id)
             assert done.code == 200, done.body
             body = json.loads(done.body)
             assert body["id"] == task_id and body["status"] == "done"
@@ -515,7 +446,7 @@ class TestTaskIds(EchoServerTestCase):
             assert json.loads(pending.body) == {"id": task_id, "status": "pending",
                                                 "result_url": f"/ocr_service/{task_id}"}
         gate.touch()
-        done = self.wait_task(task_id)
+        done = self.poll_until_done(task_id)
         assert done.code == 200
         assert json.loads(done.body)["text"] == echo_text(image)
         self.assert_ready()
@@ -529,7 +460,7 @@ class TestTaskOutlivesTheCache(EchoServerTestCase):
     def test_a_cached_submission_stays_readable_after_eviction(self):
         image_a, image_b = b"image A", b"image B"
         first = self.submit(image_a)
-        assert self.wait_task(first).code == 200
+        assert self.poll_until_done(first).code == 200
         second = self.submit(image_a)  # answered from the cache, still a task of its own
         assert second != first
         pushed = self.read(image_b)
@@ -551,7 +482,7 @@ class TestFailedTask(EchoServerTestCase):
 
     def test_a_failed_task_answers_the_same_415_every_time(self):
         task_id = self.submit(b"FAIL")
-        first = self.wait_task(task_id)
+        first = self.poll_until_done(task_id)
         expected = without_request_id(self.assert_error(first, 415, "invalid_image"))
         assert expected["id"] == task_id and expected["status"] == "failed"
         for _ in range(100):
@@ -597,7 +528,7 @@ class TestInternalError(EchoServerTestCase):
     def test_a_failed_task_keeps_its_details_out_of_every_answer(self):
         self.captured_err = ""
         task_id = self.submit(b"BOOM")
-        first = self.wait_task(task_id)
+        first = self.poll_until_done(task_id)
         expected = without_request_id(self.assert_error(first, 500, "internal_error"))
         assert expected["error"]["message"] == INTERNAL_MESSAGE
         for _ in range(5):

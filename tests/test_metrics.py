@@ -14,25 +14,13 @@ import base64
 import json
 import os
 import signal
-import uuid
-from pathlib import Path
 
 import pytest
-import tornado.testing
 from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import HTTPResponse
 
-from server.app import make_app
-from server.config import load_config
-from server.main import build_context, build_engine_spec, build_http_server, pool_config
-from server.metrics import RESTART_REASONS, STAGES, Metrics, build_metrics
-from server.ocr_worker import boot
-from server.pool import WorkerPool
-from server.protocol import EngineSpec
-from tests.echo_worker import EchoOcrHandler
-from tests.pool_handlers import EventLog
+from server.metrics import RESTART_REASONS, STAGES, Metrics
+from tests.app_testing import ROOT, AppTestCase
 
-ROOT = Path(__file__).resolve().parent.parent
 RECEIPT = ROOT / "docs" / "samples" / "receipt.jpg"
 MODEL = "ppocr-v4"
 # Generous: a deadline only a broken server reaches, never a measure of speed.
@@ -57,73 +45,11 @@ class Scrape:
         return {name for name, _ in self.samples}
 
 
-class MetricsTestCase(tornado.testing.AsyncHTTPTestCase):
-    """The real app behind the real listener, wired as server.main.serve wires it."""
+class MetricsTestCase(AppTestCase):
+    """The real app behind the real listener, wired as server.main.serve wires it (AppTestCase),
+    with scrapes and waits on pool events."""
 
-    overrides: dict = {}
-    pool_size = 1
-    real_models = False
-
-    @pytest.fixture(autouse=True)
-    def _pytest_fixtures(self, tmp_path):
-        self.tmp_path = tmp_path
-
-    def get_app(self):
-        self.config = load_config(ROOT / "config.json", {
-            "ocr.process.number": self.pool_size, "ocr.process.threads": 1, **self.overrides})
-        if self.real_models:
-            factory, spec = boot, build_engine_spec(self.config)
-        else:
-            factory = EchoOcrHandler
-            spec = EngineSpec(models={MODEL: None},
-                              defaults=self.config.ocr.predict_system.default_options())
-        self.metrics = build_metrics(self.config)
-        self.pool = WorkerPool(factory, spec, pool_config(self.config),
-                               observers=[self.metrics] if self.metrics is not None else None)
-        self.events = EventLog(self.pool)
-        self.io_loop.run_sync(self.pool.start, timeout=DEADLINE)
-        self.ctx = build_context(self.config, self.pool, spec, self.metrics)
-        self.service = self.ctx.services.ocr
-        return make_app(self.ctx)
-
-    def get_http_server(self):
-        # The hardened listener, as served (AsyncHTTPTestCase binds it with add_sockets).
-        return build_http_server(self.config, self.ctx)
-
-    def tearDown(self):
-        self.io_loop.run_sync(lambda: self.pool.close(timeout=30), timeout=DEADLINE)
-        super().tearDown()
-
-    # -- HTTP ---------------------------------------------------------------------------
-
-    @property
-    def auth(self) -> dict[str, str]:
-        token = self.config.web_server.api_token
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-    def request(self, path: str, method: str = "GET", body: bytes | str | None = None,
-                headers: dict | None = None) -> HTTPResponse:
-        return self.io_loop.run_sync(lambda: self.http_client.fetch(
-            self.get_url(path), method=method, body=body, headers=headers, raise_error=False,
-            request_timeout=DEADLINE), timeout=DEADLINE)
-
-    def read(self, image: bytes, headers: dict | None = None, **fields) -> HTTPResponse:
-        body = json.dumps({"file_type": "base64", "img_src": base64.b64encode(image).decode(),
-                           **fields})
-        return self.request("/ocr_service", "POST", body, {
-            "Content-Type": "application/json", **self.auth, **(headers or {})})
-
-    def upload(self, image: bytes, **fields: str) -> HTTPResponse:
-        boundary = uuid.uuid4().hex
-        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                 f"{value}\r\n".encode() for name, value in
-                 {"file_type": "file", **fields}.items()]
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                     'filename="img.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
-                     + image + b"\r\n")
-        parts.append(f"--{boundary}--\r\n".encode())
-        return self.request("/ocr_service", "POST", b"".join(parts), {
-            "Content-Type": f"multipart/form-data; boundary={boundary}", **self.auth})
+    deadline = DEADLINE
 
     def scrape(self, headers: dict | None = None) -> Scrape:
         response = self.request("/metrics", headers={**self.auth, **(headers or {})})
@@ -135,10 +61,6 @@ class MetricsTestCase(tornado.testing.AsyncHTTPTestCase):
         """Waits until `predicate()` holds, re-checked after every pool event (and often)."""
         self.io_loop.run_sync(lambda: self.events.wait_for(predicate, poll=0.05),
                               timeout=DEADLINE)
-
-    def assert_error(self, response: HTTPResponse, status: int, code: str) -> None:
-        assert response.code == status, (response.code, response.body)
-        assert json.loads(response.body)["error"]["code"] == code
 
 
 class TestTrafficWithRealModels(MetricsTestCase):

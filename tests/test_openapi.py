@@ -10,7 +10,6 @@ only this server's own files.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import urllib.parse
@@ -18,26 +17,18 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import jsonschema
-import tornado.testing
 import tornado.web
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
-from tornado.httpclient import HTTPResponse
 
-from server.app import make_app
-from server.config import load_config
 from server.errors import CATALOGUE
 from server.handlers import docs
 from server.handlers.docs import PAGE_FILES
-from server.main import build_context, pool_config
-from server.metrics import build_metrics
-from server.pool import WorkerPool
-from server.protocol import EngineSpec
 from server.request import CONTROL_SPECS, REQUEST_SPECS
 from server.testing import multipart
-from tests.echo_worker import EchoOcrHandler, echo_text
+from tests.app_testing import AppTestCase
+from tests.echo_worker import echo_text
 
-ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0
 TOKEN = "docs-token-5d1e"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -59,43 +50,14 @@ class _References(HTMLParser):
                       if name in ("src", "href", "data-openapi-url") and value]
 
 
-class DocsTestCase(tornado.testing.AsyncHTTPTestCase):
-    overrides: dict = {}
+class DocsTestCase(AppTestCase):
+    """The app on Tornado's plain listener (TestDocsNotInstalled patches what get_app builds),
+    over echo workers that load MODELS, with the config's defaults changed (OVERRIDES)."""
 
-    def get_app(self) -> tornado.web.Application:
-        self.config = load_config(ROOT / "config.json", {
-            "ocr.process.number": 1, "ocr.process.threads": 1, **OVERRIDES, **self.overrides})
-        spec = EngineSpec(models=dict.fromkeys(MODELS),
-                          defaults=self.config.ocr.predict_system.default_options())
-        self.pool = WorkerPool(EchoOcrHandler, spec, pool_config(self.config))
-        self.io_loop.run_sync(self.pool.start, timeout=DEADLINE)
-        self.ctx = build_context(self.config, self.pool, spec, build_metrics(self.config))
-        self.app = make_app(self.ctx)
-        return self.app
-
-    def tearDown(self) -> None:
-        self.io_loop.run_sync(lambda: self.pool.close(timeout=10), timeout=DEADLINE)
-        super().tearDown()
-
-    @property
-    def auth(self) -> dict[str, str]:
-        token = self.config.web_server.api_token
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-    def request(self, path: str, method: str = "GET", body: bytes | str | None = None,
-                headers: dict | None = None) -> HTTPResponse:
-        if body is None and method in ("POST", "PUT", "PATCH"):
-            body = b""
-        return self.io_loop.run_sync(lambda: self.http_client.fetch(
-            self.get_url(path), method=method, body=body, headers=headers, raise_error=False,
-            request_timeout=DEADLINE, allow_nonstandard_methods=True), timeout=DEADLINE)
-
-    def wait_task(self, task_id: str) -> None:
-        """Until the task is no longer pending: a bounded poll of the task store."""
-        async def done() -> None:
-            while (await self.ctx.services.ocr.task(task_id)).pending:
-                await asyncio.sleep(0.02)
-        self.io_loop.run_sync(done, timeout=DEADLINE)
+    echo_models = MODELS
+    overrides = OVERRIDES
+    hardened = False
+    deadline = DEADLINE
 
     def document(self) -> dict:
         response = self.request("/openapi.json")
@@ -331,7 +293,7 @@ class TestDocument(DocsTestCase):
 
 
 class TestDocumentWithToken(DocsTestCase):
-    overrides = {"web_server.api_token": TOKEN}
+    overrides = {**OVERRIDES, "web_server.api_token": TOKEN}
 
     def test_the_token_is_a_bearer_scheme_and_public_routes_need_none(self):
         document = self.document()  # fetched without the token: the document is public
@@ -356,7 +318,7 @@ class TestDocumentWithToken(DocsTestCase):
 
 
 class TestDocsPage(DocsTestCase):
-    overrides = {"web_server.api_token": TOKEN}
+    overrides = {**OVERRIDES, "web_server.api_token": TOKEN}
 
     def test_the_page_loads_only_this_servers_files(self):
         page = self.request("/docs")

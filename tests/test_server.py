@@ -8,79 +8,28 @@ import dataclasses
 import json
 import os
 import signal
-import urllib.parse
-from pathlib import Path
 
-import tornado.testing
-from tornado.httpclient import HTTPResponse
-
-from server.app import make_app
-from server.config import load_config
-from server.main import build_context, build_engine_spec, pool_config
-from server.ocr_worker import boot
-from server.pool import WorkerPool
 from server.testing import multipart
-from tests.pool_handlers import EventLog
+from tests.app_testing import ROOT, AppTestCase
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "docs" / "samples"
 RECEIPT = SAMPLES / "receipt.jpg"
 FIRST_LINE = "纯臻营养护发素"
 
 
-class ServerTestCase(tornado.testing.AsyncHTTPTestCase):
-    """Boots a real pool per test; `overrides` tune the config for the test class."""
+class ServerTestCase(AppTestCase):
+    """Boots a real pool of the real engine per test, on Tornado's plain listener;
+    `overrides` tune the config for the test class."""
 
-    overrides: dict = {}
-
-    def get_app(self):
-        config = load_config(ROOT / "config.json", {"ocr.process.number": 2,
-                                                    "ocr.process.threads": 1, **self.overrides})
-        spec = build_engine_spec(config)
-        self.pool = WorkerPool(boot, spec, pool_config(config))
-        self.events = EventLog(self.pool)
-        self.io_loop.run_sync(self.pool.start, timeout=240)
-        self.ctx = build_context(config, self.pool, spec)
-        self.service = self.ctx.services.ocr
-        return make_app(self.ctx)
+    real_models = True
+    pool_size = 2
+    hardened = False
+    deadline = 240.0
+    send_token = False  # test_hardening's token tests send theirs by hand
 
     @property
     def dispatched(self) -> int:
         return self.events.seen.count("dispatch")
-
-    def wait_task(self, task_id: str) -> None:
-        """Waits (on pool events, with a deadline) until the task is no longer pending."""
-        async def done() -> None:
-            while (await self.service.task(task_id)).pending:
-                await asyncio.sleep(0.02)  # polls the task store, under run_sync's deadline
-        self.io_loop.run_sync(done, timeout=120)
-
-    def tearDown(self):
-        self.io_loop.run_sync(lambda: self.pool.close(timeout=30), timeout=60)
-        super().tearDown()
-
-    def post(self, body: bytes | str, content_type: str, path: str = "/ocr_service",
-             headers: dict | None = None) -> HTTPResponse:
-        return self.fetch(path, method="POST", body=body, raise_error=False,
-                          headers={"Content-Type": content_type, **(headers or {})},
-                          request_timeout=120)
-
-    def post_form(self, **fields) -> HTTPResponse:
-        return self.post(urllib.parse.urlencode(fields), "application/x-www-form-urlencoded")
-
-    def post_json(self, **fields) -> HTTPResponse:
-        return self.post(json.dumps(fields), "application/json")
-
-    def upload(self, image: bytes, **fields) -> HTTPResponse:
-        body, content_type = multipart({"file_type": "file", **fields}, image)
-        return self.post(body, content_type)
-
-    def assert_error(self, response: HTTPResponse, status: int, code: str) -> dict:
-        body = json.loads(response.body)
-        assert response.code == status, (response.code, body)
-        assert body["error"]["code"] == code, body
-        assert response.headers["Content-Type"].startswith("application/json")
-        return body
 
 
 class TestOcrService(ServerTestCase):

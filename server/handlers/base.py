@@ -12,11 +12,13 @@ known 5xx are logged as one line without a traceback, only unexpected exceptions
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import tornado.web
@@ -92,6 +94,7 @@ class AppContext:
 @tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
     public = False  # True: no token needed (health checks)
+    uploads = False  # True: bodies up to requests.max_body_size (else SMALL_BODY_LIMIT)
 
     def initialize(self, context: AppContext) -> None:
         self.ctx = context
@@ -105,7 +108,18 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def body_limit(self) -> int:
-        return SMALL_BODY_LIMIT
+        return self.ctx.requests.max_body_size if self.uploads else SMALL_BODY_LIMIT
+
+    @contextlib.contextmanager
+    def in_progress(self) -> Iterator[None]:
+        """Counts the block as a request in progress, so shutdown waits for it; once the
+        server is draining it is refused (shutting_down) before it starts."""
+        lifecycle = self.ctx.lifecycle
+        lifecycle.enter()
+        try:
+            yield
+        finally:
+            lifecycle.leave()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")

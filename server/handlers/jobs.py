@@ -101,23 +101,17 @@ class JobsBaseHandler(BaseHandler):
 class JobsHandler(JobsBaseHandler):
     """POST /jobs starts a folder or ZIP job; GET /jobs lists the jobs, newest first."""
 
-    @property
-    def body_limit(self) -> int:
-        return self.ctx.requests.max_body_size
+    uploads = True
 
     async def post(self) -> None:
         if self._finished:
             return  # refused while the body was arriving
         runner = self.runner
-        lifecycle = self.ctx.lifecycle
-        lifecycle.enter()
-        try:
+        with self.in_progress():
             fields, files = read_fields(self.request.headers.get("Content-Type", ""),
                                         self.body(), self.request.query_arguments)
             request = parse_job_request(fields, files, self.ctx.requests)
             job, created = await runner.submit(request)
-        finally:
-            lifecycle.leave()
         self.set_header("Location", self.reverse_url("job", job.id))
         self.send_json({"id": job.id, "status": job.status, "total": job.total,
                         "skipped_symlinks": job.skipped_symlinks,

@@ -29,20 +29,14 @@ _TASK_ID = re.compile(r"^[0-9a-f]{64}$")
 class OcrServiceHandler(BaseHandler):
     """POST /ocr_service: read an image now (block_flag true) or start a task (false)."""
 
-    @property
-    def body_limit(self) -> int:
-        return self.ctx.requests.max_body_size
+    uploads = True
 
     async def post(self) -> None:
         if self._finished:
             return  # refused while the body was arriving
         started = time.perf_counter()
-        lifecycle = self.ctx.lifecycle
-        lifecycle.enter()
-        try:
+        with self.in_progress():
             await self._post(started)
-        finally:
-            lifecycle.leave()
 
     async def _post(self, started: float) -> None:
         fields, files = read_fields(self.request.headers.get("Content-Type", ""), self.body(),
