@@ -606,7 +606,19 @@ def _schemas() -> dict[str, dict]:
                             "max_body_size": {"type": "integer"},
                             "options": {"type": "array", "items": {"type": "object"},
                                         "description": "each option's name and JSON "
-                                                       "schema, in declaration order"}}},
+                                                       "schema, in declaration order"},
+                            "document_options": {
+                                "type": "array", "items": {"type": "object"},
+                                "description": "pages, dpi, pdf_text and password, with this "
+                                               "server's defaults"},
+                            "jobs": {"type": "object",
+                                     "properties": {
+                                         "enabled": {"type": "boolean"},
+                                         "folders": {"type": "boolean"},
+                                         "default_patterns": {"type": "array",
+                                                              "items": {"type": "string"}}},
+                                     "description": "whether folder and ZIP jobs are on, and "
+                                                    "whether filename roots exist"}}},
     }
 
 
