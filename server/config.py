@@ -208,6 +208,10 @@ class JobsConfig:
     max_workers: int = _key(0, "folder-job items in flight at once (each holds a worker or "
                             "waits for one at background priority); 0 = all workers but one, "
                             "1 when there is one", low=0, high=64)
+    idle_takeover: float = _key(2.0, "seconds without interactive requests after which job "
+                                "items may use every worker (max_workers then no longer "
+                                "applies; an interactive request waits for one item at most); "
+                                "0 = max_workers always holds", low=0, high=3600)
     retention: float = _key(7 * 86400.0, "seconds a finished job (done, failed, cancelled) and "
                             "its results are kept; checked at start and periodically",
                             low=60, high=10**9)

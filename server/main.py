@@ -1,7 +1,9 @@
 """Start-up and shutdown: build the worker spec from the config, start the pool, open the job
-store (service.state_dir) and start the job runner, which resumes unfinished jobs, then serve
+store (service.state_dir) and start the job runner, which resumes unfinished jobs, open the
+task store (non-blocking documents and batches) and redo the tasks it holds pending, then serve
 HTTP. On SIGTERM the runner stops first (its items in flight finish and are committed), then
-the pool.
+the pool (a task it cuts short stays pending, for the next start), then the task store once
+the tasks' outcomes are written.
 
 Signals only set an event (the handler does nothing else); the main coroutine then stops the
 listener, refuses new requests, lets accepted ones finish, stops the workers and returns.
@@ -18,6 +20,7 @@ from ocr_engine import ModelNotFoundError, PdfSandbox, custom_model_paths, resol
 
 from .app import make_app
 from .config import Config
+from .documents import resume_tasks, window_for
 from .handlers.base import AppContext, HttpPolicy, Lifecycle, Services
 from .http import GuardedHTTPServer, raise_fd_limit
 from .jobs import JobLimits, JobRunner
@@ -28,14 +31,18 @@ from .pool import PoolBootError, PoolConfig, WorkerPool
 from .protocol import EngineSpec
 from .request import RequestPolicy
 from .service import OcrService
-from .store import JobStore
+from .store import JobStore, LastingTaskStore
 from .store.memory import MemoryResultCache, MemoryTaskStore
-from .store.sqlite import SqliteJobStore
+from .store.sqlite import SqliteJobStore, SqliteTaskStore
 
 log = logging.getLogger("ppocr")
 
 EXIT_OK, EXIT_BOOT_FAILURE = 0, 3
 JOBS_FILE = "jobs.sqlite3"  # in service.state_dir
+TASKS_FILE = "tasks.sqlite3"  # in service.state_dir
+# Pending tasks' spooled requests, in service.state_dir (not under the job runner's "spool",
+# whose every entry that is not a job's is deleted at start).
+TASK_SPOOL = "task-spool"
 
 
 def build_engine_spec(config: Config) -> EngineSpec:
@@ -71,26 +78,42 @@ def pool_config(config: Config) -> PoolConfig:
                       boot_timeout=process.boot_timeout, ping_interval=process.ping_interval,
                       ping_timeout=process.ping_timeout,
                       max_worker_rss_mb=process.max_worker_rss_mb,
-                      background_workers=config.jobs.max_workers)
+                      background_workers=config.jobs.max_workers,
+                      background_takeover_s=config.jobs.idle_takeover)
 
 
 def job_limits(config: Config) -> JobLimits:
     jobs = config.jobs
-    return JobLimits(max_in_flight=pool_config(config).background_cap,
+    pool = pool_config(config)
+    # With the idle takeover the pool may give the job every worker: keep enough items queued.
+    in_flight = pool.size if pool.background_takeover_s > 0 else pool.background_cap
+    return JobLimits(max_in_flight=in_flight,
                      retention=jobs.retention, max_items=jobs.max_items,
                      max_zip_entries=jobs.max_zip_entries, max_zip_bytes=jobs.max_zip_bytes)
 
 
+def build_task_store(config: Config) -> SqliteTaskStore:
+    """The lasting task store in service.state_dir (opened by the caller, once the folder
+    exists). Expired tasks are swept every quarter of task_ttl (15 s to an hour)."""
+    service_config = config.service
+    state_dir = config.resolve(service_config.state_dir)
+    return SqliteTaskStore(state_dir / TASKS_FILE, state_dir / TASK_SPOOL,
+                           service_config.max_tasks, service_config.task_ttl,
+                           sweep_interval=min(3600.0, max(15.0, service_config.task_ttl / 4)))
+
+
 def build_context(config: Config, pool: WorkerPool, spec: EngineSpec,
-                  metrics: Metrics | None = None, job_store: JobStore | None = None
-                  ) -> AppContext:
+                  metrics: Metrics | None = None, job_store: JobStore | None = None,
+                  task_store: LastingTaskStore | None = None) -> AppContext:
     """The handlers' context. With a `job_store`, folder jobs are on: the context's
-    `services.jobs` runner must then be started (and closed) by the caller."""
+    `services.jobs` runner must then be started (and closed) by the caller. With a
+    `task_store` (opened and closed by the caller), non-blocking documents and batches are
+    kept there; else in memory, with single images' tasks."""
     service_config = config.service
     ocr = OcrService(lambda job, request_id, lane: pool.submit(job, lane, request_id),
                      MemoryResultCache(service_config.img_number, service_config.time),
                      MemoryTaskStore(service_config.max_tasks, service_config.task_ttl),
-                     promote=pool.promote)
+                     promote=pool.promote, lasting_tasks=task_store)
     web = config.web_server
     requests = RequestPolicy(
         defaults=spec.defaults, default_model=config.ocr.predict_system.model,
@@ -147,8 +170,10 @@ async def serve(config: Config) -> int:
         log.error("cannot start: %s", exc)
         return EXIT_BOOT_FAILURE
     state_dir = config.resolve(config.service.state_dir)
-    context = build_context(config, pool, spec, metrics, SqliteJobStore(state_dir / JOBS_FILE))
-    jobs = context.services.jobs
+    task_store = build_task_store(config)
+    context = build_context(config, pool, spec, metrics, SqliteJobStore(state_dir / JOBS_FILE),
+                            task_store)
+    jobs, ocr = context.services.jobs, context.services.ocr
     try:
         await jobs.start()  # after the pool: resumed jobs read at once
     except Exception as exc:  # noqa: BLE001 - any failure to open the state must stop the start
@@ -156,6 +181,17 @@ async def serve(config: Config) -> int:
         await jobs.close()
         await pool.close(timeout=0)
         return EXIT_BOOT_FAILURE
+    try:
+        await task_store.open()  # the job runner has made the state folder
+    except Exception as exc:  # noqa: BLE001 - the same
+        log.error("cannot start: the task store in %s: %s", state_dir, exc)
+        await task_store.close()
+        await jobs.close()
+        await pool.close(timeout=0)
+        return EXIT_BOOT_FAILURE
+    process = config.ocr.process
+    await resume_tasks(ocr, task_store, context.requests,
+                       window=window_for(process.number, process.queue_size))
     server = build_http_server(config, context)
     server.listen(config.web_server.port, config.web_server.address)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -169,6 +205,7 @@ async def serve(config: Config) -> int:
     server.stop()
     # Jobs first: no new item is dispatched, the ones in flight finish and are committed.
     await jobs.close()
+    ocr.begin_shutdown()  # a task the closing pool refuses stays pending, redone next start
     await pool.close(timeout=config.ocr.process.task_timeout)
     if lifecycle.active_requests:
         # Let handlers whose results just arrived write their responses.
@@ -177,6 +214,8 @@ async def serve(config: Config) -> int:
         except TimeoutError:
             pass
     await server.close_all_connections()
+    await ocr.drain(timeout=10)  # tasks' outcomes written before their store closes
+    await task_store.close()
     log.info("stopped")
     return exit_code
 
@@ -191,4 +230,4 @@ def run(config: Config) -> int:
 
 
 __all__ = ["run", "serve", "build_engine_spec", "build_context", "build_http_server",
-           "job_limits", "pool_config"]
+           "build_task_store", "job_limits", "pool_config"]

@@ -9,7 +9,9 @@ recycled workers, tops the pool up to its size and dispatches.
 
 - Dispatch: jobs wait in two bounded FIFO lanes. The interactive lane always goes first; the
   background lane (folder-job items) is dispatched only when no interactive job waits, and
-  holds at most `background_workers` workers at once. A full lane refuses new jobs (QueueFull
+  holds at most `background_workers` workers at once, or every worker once no interactive job
+  came for `background_takeover_s` (an interactive job then waits for one item at most, instead
+  of half the machine idling between requests). A full lane refuses new jobs (QueueFull
   -> 503) instead of growing without bound; with no worker alive, new jobs are refused
   (Unavailable -> 503) until one is back.
 - Hand-over: a worker answers `Started` as soon as it takes a job. One that has not within
@@ -78,6 +80,9 @@ class PoolConfig:
     ping_timeout: float = 10.0
     max_worker_rss_mb: int = 0  # 0: no memory-based recycling
     background_workers: int = 0  # 0: all workers but one (one when the pool has one)
+    # After this many seconds without an interactive job, background jobs may hold every
+    # worker (an interactive job then waits for one item at most); 0: never.
+    background_takeover_s: float = 0.0
 
     @property
     def background_cap(self) -> int:
@@ -251,6 +256,8 @@ class WorkerPool:
         self._spawn_backoff = 0.0
         self._spawn_retry: asyncio.TimerHandle | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
+        self._takeover_timer: asyncio.TimerHandle | None = None
+        self._last_interactive = float("-inf")
         self._throttled = Throttled(log)
 
     # -- public ---------------------------------------------------------------------------
@@ -276,6 +283,8 @@ class WorkerPool:
         if len(self._lanes[lane]) >= self.config.queue_size:
             self._refused(lane, QueueFull(self.config.queue_size))
         job = PoolJob(next(self._job_ids), payload, self._loop.create_future(), lane, request_id)
+        if lane is Lane.INTERACTIVE:
+            self._interactive_seen()
         self._lanes[lane].append(job)
         self._reconcile()
         return job.future
@@ -288,6 +297,7 @@ class WorkerPool:
             if job.future is future:
                 background.remove(job)
                 job.lane = Lane.INTERACTIVE
+                self._interactive_seen()
                 self._lanes[Lane.INTERACTIVE].append(job)
                 self._reconcile()
                 return True
@@ -297,7 +307,7 @@ class WorkerPool:
         """Stops taking jobs, lets queued and running jobs finish (up to `timeout` seconds),
         then stops every worker. Jobs still waiting after that fail with PoolClosed."""
         self._closing = True
-        for timer in (self._spawn_retry, self._ping_timer):
+        for timer in (self._spawn_retry, self._ping_timer, self._takeover_timer):
             if timer is not None:
                 timer.cancel()
         deadline = time.monotonic() + timeout
@@ -417,11 +427,27 @@ class WorkerPool:
         background = self._lanes[Lane.BACKGROUND]
         holding = sum(w.job is not None and w.job.lane is Lane.BACKGROUND
                       for w in self._workers.values())
-        while background and holding < self.config.background_cap:
+        while background and holding < self._background_limit():
             job = background.popleft()
             if not job.future.done():
                 return job
         return None
+
+    def _background_limit(self) -> int:
+        """Workers the background lane may hold now: its cap while interactive traffic is
+        recent, every worker once none came for `background_takeover_s`."""
+        takeover = self.config.background_takeover_s
+        if takeover > 0 and time.monotonic() - self._last_interactive >= takeover:
+            return self.config.size
+        return self.config.background_cap
+
+    def _interactive_seen(self) -> None:
+        self._last_interactive = time.monotonic()
+        takeover = self.config.background_takeover_s
+        if takeover > 0:  # when the quiet period ends, waiting background jobs may go out
+            if self._takeover_timer is not None:
+                self._takeover_timer.cancel()
+            self._takeover_timer = self._loop.call_later(takeover, self._reconcile)
 
     def _hand_over(self, worker: Worker, job: PoolJob) -> None:
         worker.state, worker.job, job.worker = State.BUSY, job, worker

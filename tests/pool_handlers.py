@@ -29,6 +29,9 @@ class MisbehavingHandler:
                 time.sleep(3600)
         if kind == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "sleep":
+            time.sleep(payload["seconds"])
+            return {"pid": os.getpid(), "value": payload.get("value")}
         if kind == "big":
             return {"pid": os.getpid(), "size": len(payload["data"])}
         if kind == "grow":  # hold on to memory, so the worker's RSS after the job is high

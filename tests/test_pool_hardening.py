@@ -232,3 +232,31 @@ def test_a_promoted_background_job_goes_before_the_remaining_background_ones():
             await pool.close()
 
     run(scenario())
+
+
+def test_background_jobs_take_every_worker_only_after_interactive_traffic_stops():
+    async def scenario():
+        pool = make_pool(size=2, background_takeover_s=2.0)  # background cap: 1 of 2
+        holding = []
+
+        class Watcher(EventLog):
+            def job_dispatched(self, worker, job):
+                if job.lane is Lane.BACKGROUND:
+                    holding.append(sum(w.job is not None and w.job.lane is Lane.BACKGROUND
+                                       for w in pool._workers.values()))
+                super().job_dispatched(worker, job)
+
+        Watcher(pool)
+        await pool.start()
+        try:
+            await pool.submit({"kind": "echo", "value": "interactive"})
+            background = [pool.submit({"kind": "sleep", "seconds": 0.7, "value": i},
+                                      Lane.BACKGROUND) for i in range(8)]
+            await asyncio.gather(*background)
+            # Right after the interactive request one worker stayed free for the next one;
+            # once none came for 2 s the job used both.
+            assert holding[0] == 1 and max(holding) == 2
+        finally:
+            await pool.close()
+
+    run(scenario())
