@@ -198,9 +198,9 @@ class ServiceConfig:
                           "refused with 413 too_many_pages)", low=1, high=100000)
     max_batch: int = _key(32, "images or documents one request may send (repeated 'file' "
                           "parts, or 'img_src' as a JSON list); more is 413", low=1, high=10000)
-    state_dir: str = _key("state", "folder of the server's lasting state (the folder jobs' "
-                          "SQLite file and spooled ZIP entries), relative to the config file; "
-                          "created at start")
+    state_dir: str = _key("state", "folder of the server's lasting state (SQLite files of the "
+                          "folder jobs and of non-blocking document and batch tasks, their "
+                          "spooled inputs), relative to the config file; created at start")
 
 
 @dataclass(frozen=True)

@@ -29,23 +29,44 @@ a queue that other requests have filled refuses the page, and the document answe
 A batch is a list of items (images or documents) read concurrently through the same window;
 each answers its own body or its own error, in input order. Everything runs on the IOLoop
 thread.
+
+A non-blocking document or batch is a task of the service's lasting store, which spools what
+redoes it (`spool_request`: the parsed request as JSON, and the document's or the items' bytes;
+a batch item named by `filename` is spooled as its name and read again when redone). At start
+`resume_tasks` redoes every task still pending, one at a time in the order they were accepted,
+each through a reader of its own as if it had just been submitted; a task whose spool cannot
+be read finishes as failed with task_lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ocr_engine import OcrOptions
 from ocr_engine.documents import document_kind, rendered_size
 
-from .errors import ApiError, to_api_error
+from .errors import ApiError, ErrorInfo, to_api_error
 from .pool import Lane
 from .protocol import DocumentProbeJob, OcrJob, PageJob
-from .request import BatchItem, OcrRequest, RequestPolicy, load_item, select_pages
+from .request import (
+    BatchItem,
+    DocumentOptions,
+    OcrRequest,
+    RequestPolicy,
+    load_item,
+    loaded_model,
+    select_pages,
+)
 from .service import OcrService, request_key
+from .store import LastingTaskStore, SpooledRequest, SpoolLost
+
+log = logging.getLogger("ppocr.documents")
 
 # (done, total): how far a document's pages or a batch's items are.
 Progress = Callable[[int, int], Awaitable[None]]
@@ -219,6 +240,105 @@ class RequestReader:
                 hint = "; ask for a lower 'dpi'" if kind == "pdf" else ""
                 raise ApiError("image_too_large", f"page {page} would be {width:g}x{height:g} "
                                f"pixels{at}, more than max_pixels ({limit}){hint}")
+
+
+# -- tasks kept across restarts ----------------------------------------------------------------
+
+SPOOL_VERSION = 1
+
+
+def spool_request(request: OcrRequest, data: bytes | None = None) -> SpooledRequest:
+    """What redoes a non-blocking document (`data`, its bytes) or batch (`request.batch`)."""
+    document = request.document
+    fields: dict[str, Any] = {
+        "version": SPOOL_VERSION, "file_type": request.file_type, "model": request.model,
+        "options": dataclasses.asdict(request.options),
+        "document": {"pages": None if document.pages is None else
+                     [list(selected) for selected in document.pages],
+                     "dpi": document.dpi, "pdf_text": document.pdf_text,
+                     "password": document.password}}
+    files: dict[str, bytes] = {}
+    if request.batch is None:
+        files["document"] = data if data is not None else b""
+        fields["file"] = "document"
+        return SpooledRequest(fields, files)
+    items = []
+    for index, item in enumerate(request.batch):
+        if item.error is not None:
+            items.append({"error": {"code": item.error.code, "message": item.error.message}})
+        elif item.image is not None:
+            files[f"item-{index}"] = item.image
+            items.append({"file": f"item-{index}"})
+        else:
+            items.append({"filename": item.filename})
+    fields["batch"] = items
+    return SpooledRequest(fields, files)
+
+
+def spooled_request(spooled: SpooledRequest, policy: RequestPolicy
+                    ) -> tuple[OcrRequest, bytes | None]:
+    """The request (and a document's bytes) back from `spool_request`'s output, checked
+    against today's policy (a model no longer loaded: unknown_model). SpoolLost when it is not
+    what spool_request writes."""
+    fields, files = spooled.fields, spooled.files
+    try:
+        if fields.get("version") != SPOOL_VERSION:
+            raise ValueError(f"spool version {fields.get('version')!r}")
+        model = loaded_model(fields["model"], policy)
+        options = OcrOptions(**fields["options"])
+        document = fields["document"]
+        pages = document["pages"]
+        options_of_document = DocumentOptions(
+            pages=None if pages is None else tuple((first, last) for first, last in pages),
+            dpi=document["dpi"], pdf_text=document["pdf_text"], password=document["password"])
+        batch = None
+        if "batch" in fields:
+            batch = tuple(_spooled_item(item, files) for item in fields["batch"])
+            data = None
+        else:
+            data = files[fields["file"]]
+        request = OcrRequest(fields["file_type"], None, None, options, model, False,
+                             options_of_document, batch)
+    except ApiError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpoolLost("cannot be read", details=f"{type(exc).__name__}: {exc}") from None
+    return request, data
+
+
+def _spooled_item(item: dict, files: dict[str, bytes]) -> BatchItem:
+    if "error" in item:
+        return BatchItem(error=ErrorInfo(item["error"]["code"], item["error"]["message"]))
+    if "file" in item:
+        return BatchItem(image=files[item["file"]])
+    if not isinstance(item["filename"], str):
+        raise TypeError("a batch item's filename is not a string")
+    return BatchItem(filename=item["filename"])
+
+
+async def resume_tasks(service: OcrService, store: LastingTaskStore, policy: RequestPolicy, *,
+                       window: int) -> list[str]:
+    """Redoes every task `store` holds pending (after a restart), one at a time, oldest
+    first, in the background; their ids. Each finishes through `service.run_task` as it
+    would have: with its result, its own error, or task_lost when its spool is unreadable."""
+    pending = await store.unfinished()
+    if pending:
+        log.info("redoing %d pending task(s): %s", len(pending), ", ".join(pending))
+    turn = asyncio.Lock()  # one at a time: each has the whole window, as a new request would
+
+    async def redo(task_id: str) -> dict:
+        async with turn:
+            request, data = spooled_request(await store.spooled(task_id), policy)
+            progress = functools.partial(service.report_progress, task_id)
+            reader = RequestReader(service, policy, request, window=window, progress=progress)
+            if request.batch is not None:
+                return await reader.read_batch()
+            result, cached = await reader.read(data, progress)
+            return {**result, "cached": cached}
+
+    for task_id in pending:
+        service.run_task(task_id, redo(task_id))
+    return pending
 
 
 # -- bodies ------------------------------------------------------------------------------------

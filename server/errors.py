@@ -62,6 +62,9 @@ CATALOGUE: dict[str, ErrorKind] = {kind.code: kind for kind in (
     ErrorKind("model_not_found", 500, "a model file the server needs is missing"),
     ErrorKind("internal_error", 500, "an unexpected error; the server log has the details "
               "under the response's request id"),
+    ErrorKind("task_lost", 500, "the server restarted while the document or batch task was "
+              "pending, and the copy of its request it kept (in service.state_dir) was missing "
+              "or unreadable, so it could not be redone: send the request again"),
     ErrorKind("queue_full", 503, "every worker is busy and the queue is full", retry_after=1),
     ErrorKind("unavailable", 503, "no OCR worker is running right now", retry_after=2),
     ErrorKind("shutting_down", 503, "the server is shutting down", retry_after=5),

@@ -10,7 +10,12 @@ A non-blocking submission gets a fresh random task id (never the key: see store/
 and is recorded whether or not its result was already cached, so it stays readable for
 `task_ttl` whatever the cache does. A document or a batch (server/documents.py) is many runs
 behind one task: `new_task`, then `run_task` with the coroutine that reads them, which reports
-its progress through `report_progress`.
+its progress through `report_progress`. Those tasks go to `lasting_tasks`: in a server, a
+LastingTaskStore (SQLite), which keeps with each pending task the request that redoes it, so a
+restart (kill -9 included) loses none (server/documents.py `resume_tasks`); a single image's
+task stays in the memory store. Once `begin_shutdown` is called, a lasting task cut short by
+the shutdown (its runs refused with shutting_down) is left pending, to be redone at the next
+start, instead of finishing with that error.
 
 Document probes (page count and sizes) are runs like any other, cached the same way, but they
 are shared through their own in-flight table, so `engine_runs` counts OCR runs only.
@@ -27,7 +32,7 @@ from typing import Any
 
 from .errors import CATALOGUE, ApiError, error_info
 from .pool import Lane
-from .store import InflightRuns, Outcome, ResultCache, TaskState, TaskStore
+from .store import InflightRuns, Outcome, ResultCache, SpooledRequest, TaskState, TaskStore
 
 log = logging.getLogger("ppocr.service")
 
@@ -71,14 +76,18 @@ class OcrService:
     def __init__(self, submit: Submit, cache: ResultCache, tasks: TaskStore,
                  inflight: InflightRuns | None = None,
                  new_id: Callable[[], str] = new_task_id,
-                 promote: Callable[[asyncio.Future], bool] | None = None) -> None:
+                 promote: Callable[[asyncio.Future], bool] | None = None,
+                 lasting_tasks: TaskStore | None = None) -> None:
         self._submit = submit
         # Moves a queued background job to the interactive lane (WorkerPool.promote): an
         # interactive request that joins a folder-job item's run must not wait behind the job.
         self._promote = promote
         self._background_runs: dict[str, asyncio.Future] = {}  # key -> its pool future
         self.cache = cache
-        self.tasks = tasks
+        self.tasks = tasks  # single images' tasks
+        # Documents' and batches' tasks (the same store unless one is given).
+        self.lasting_tasks = tasks if lasting_tasks is None else lasting_tasks
+        self.closing = False  # begin_shutdown: interrupted lasting tasks stay pending
         self.inflight = inflight or InflightRuns()
         self.probes = InflightRuns()  # document probes, kept out of engine_runs
         self._new_id = new_id
@@ -120,16 +129,18 @@ class OcrService:
                                                                          done.result())))
         return task_id
 
-    async def new_task(self) -> str:
-        """Records a new pending task (it may be refused: store full) and returns its id; the
-        caller then starts its work with `run_task`, or `discard_task`s it if that fails."""
+    async def new_task(self, request: SpooledRequest | None = None) -> str:
+        """Records a new pending document or batch task (it may be refused: store full) and
+        returns its id; `request` is what redoes it after a restart (a lasting store spools
+        it before the task is committed). The caller then starts its work with `run_task`,
+        or `discard_task`s it if that fails."""
         task_id = self._new_id()
-        await self.tasks.create(task_id)
+        await self.lasting_tasks.create(task_id, request=request)
         return task_id
 
     def run_task(self, task_id: str, work: Awaitable[dict]) -> None:
         """Awaits `work` in the background; its result, or the error it raised (as data),
-        finishes the task."""
+        finishes the task (unless the shutdown cut it short: see the module's docstring)."""
         async def settle() -> None:
             try:
                 outcome = Outcome(result=await work)
@@ -138,18 +149,40 @@ class OcrService:
                 if info.kind.status >= 500 and info.details:
                     log.error("task %s failed (%s): %s", task_id, info.code, info.details)
                 outcome = Outcome(error=info)
-            await self.tasks.finish(task_id, outcome)
+            if self.closing and self.lasting_tasks is not self.tasks and _cut_short(outcome):
+                log.info("task %s was cut short by the shutdown: it stays pending and is "
+                         "redone at the next start", task_id)
+                return
+            await self.lasting_tasks.finish(task_id, outcome)
 
         self._spawn(settle())
 
     async def report_progress(self, task_id: str, done: int, total: int) -> None:
-        await self.tasks.progress(task_id, done, total)
+        await self.lasting_tasks.progress(task_id, done, total)
 
     async def discard_task(self, task_id: str) -> None:
-        await self.tasks.discard(task_id)
+        await self.lasting_tasks.discard(task_id)
 
     async def task(self, task_id: str) -> TaskState | None:
-        return await self.tasks.get(task_id)
+        state = await self.tasks.get(task_id)
+        if state is None and self.lasting_tasks is not self.tasks:
+            state = await self.lasting_tasks.get(task_id)
+        return state
+
+    def begin_shutdown(self) -> None:
+        """From now on a lasting task refused by the closing pool stays pending."""
+        self.closing = True
+
+    async def drain(self, timeout: float) -> None:
+        """Waits, up to `timeout` seconds, for the background work already started (runs
+        settling, tasks finishing), so what it writes is written before the stores close."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._background:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                log.warning("%d task(s) still settling at shutdown", len(self._background))
+                return
+            await asyncio.wait(set(self._background), timeout=left)
 
     def running(self, key: str) -> asyncio.Future | None:
         """The future Outcome of the run in flight for `key`, if any (to await it)."""
@@ -160,8 +193,12 @@ class OcrService:
         return self.inflight.started
 
     def stats(self) -> dict:
+        tasks = self.tasks.stats()
+        if self.lasting_tasks is not self.tasks:  # the counts of both stores, added up
+            for name, value in self.lasting_tasks.stats().items():
+                tasks[name] = tasks.get(name, 0) + value
         return {**self.cache.stats(), "inflight": len(self.inflight),
-                **self.tasks.stats(), "engine_runs": self.inflight.started,
+                **tasks, "engine_runs": self.inflight.started,
                 "shared_runs": self.inflight.joined, "document_probes": self.probes.started}
 
     def _run(self, key: str, job: Any, request_id: str | None, lane: Lane,
@@ -203,3 +240,14 @@ class OcrService:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _cut_short(outcome: Outcome) -> bool:
+    """Whether the outcome is the pool's refusal at shutdown: the task's own error, or one of
+    a batch's items'."""
+    if outcome.error is not None:
+        return outcome.error.code == "shutting_down"
+    items = (outcome.result or {}).get("results")
+    return isinstance(items, list) and any(
+        isinstance(item, dict) and (item.get("error") or {}).get("code") == "shutting_down"
+        for item in items)

@@ -3,7 +3,8 @@ GET /ocr_service/<id>.
 
 An image is one run (cache -> in-flight sharing -> pool). A PDF or TIFF (told apart by its
 magic bytes only) and a batch are many runs, read by server/documents.py; non-blocking, they
-are one task whose pending answer shows its progress.
+are one task whose pending answer shows its progress, kept (with what redoes it) in the
+service's lasting task store before the 202 is sent.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Awaitable
 
 from ocr_engine.documents import document_kind
 
-from ..documents import Progress, RequestReader, window_for
+from ..documents import Progress, RequestReader, spool_request, window_for
 from ..errors import ApiError
 from ..protocol import OcrJob
 from ..request import OcrRequest, load_image, parse_request, read_fields
@@ -71,7 +72,8 @@ class OcrServiceHandler(BaseHandler):
     async def _document(self, request: OcrRequest, data: bytes, started: float) -> None:
         ocr = self.ctx.services.ocr
         if not request.block:
-            task_id = await ocr.new_task()
+            # Committed (its request spooled) before the client hears of it.
+            task_id = await ocr.new_task(spool_request(request, data))
             reader = self._reader(request, functools.partial(ocr.report_progress, task_id))
             try:
                 reading = await reader.start(data)  # a refused probe: the client gets no id
@@ -89,7 +91,7 @@ class OcrServiceHandler(BaseHandler):
     async def _batch(self, request: OcrRequest, started: float) -> None:
         ocr = self.ctx.services.ocr
         if not request.block:
-            task_id = await ocr.new_task()
+            task_id = await ocr.new_task(spool_request(request))
             reader = self._reader(request, functools.partial(ocr.report_progress, task_id))
             ocr.run_task(task_id, reader.read_batch())
             self._pending(task_id)

@@ -6,7 +6,8 @@
 - `TaskStore`: task id -> pending (with its progress, for a document or a batch: how many of
   its pages or items are done) | done(result) | failed(ErrorInfo), kept `task_ttl` after it
   ends. Ids are random per accepted submission, never derived from the content, so holding the
-  same image does not let anyone read another client's task.
+  same image does not let anyone read another client's task. A `LastingTaskStore` (`sqlite.py`)
+  keeps them across restarts, and with each pending task the `SpooledRequest` that redoes it.
 - `InflightRuns`: request key -> the one run in flight for it, so identical requests arriving
   while it runs await it instead of starting another (in-process by nature).
 - `JobStore`: folder jobs: a job row, its item rows (file, page, state, attempts, error) and
@@ -49,6 +50,30 @@ class TaskState:
         return self.outcome is None
 
 
+@dataclass(frozen=True)
+class SpooledRequest:
+    """What redoing a pending task after a restart takes: the parsed request as JSON-able
+    `fields`, and the bytes it refers to by name (`files`: name -> bytes; names are
+    [a-z0-9-], at most 64 characters)."""
+
+    fields: dict
+    files: dict[str, bytes]
+
+
+class SpoolLost(Exception):
+    """A pending task's spooled request is missing or unreadable: the task cannot be redone.
+    `info` is the error the task finishes with: `what` ("is missing", "cannot be read") goes
+    to the client, `details` (which file, what was wrong) only to the log."""
+
+    code = "task_lost"
+
+    def __init__(self, what: str, details: str | None = None) -> None:
+        message = (f"the server restarted while this task was pending, and the copy of its "
+                   f"request it kept {what}; send the request again")
+        super().__init__(message)
+        self.info = ErrorInfo(self.code, message, details)
+
+
 class ResultCache(Protocol):
     async def get(self, key: str) -> dict | None: ...
     async def put(self, key: str, result: dict) -> None: ...
@@ -56,8 +81,12 @@ class ResultCache(Protocol):
 
 
 class TaskStore(Protocol):
-    async def create(self, task_id: str, outcome: Outcome | None = None) -> None:
-        """Records an accepted task, pending (outcome None) or already finished."""
+    async def create(self, task_id: str, outcome: Outcome | None = None,
+                     request: SpooledRequest | None = None) -> None:
+        """Records an accepted task, pending (outcome None) or already finished; raises
+        TaskStoreFull when `max_tasks` tasks are pending. A lasting store first writes (and
+        syncs) the pending task's `request`, so that it can be redone after a restart; the
+        memory store keeps nothing of it."""
 
     async def progress(self, task_id: str, done: int, total: int) -> None:
         """Records how far a pending task is; ignored once it has finished (or is unknown)."""
@@ -68,6 +97,24 @@ class TaskStore(Protocol):
 
     async def get(self, task_id: str) -> TaskState | None: ...
     def stats(self) -> dict: ...
+
+
+class LastingTaskStore(TaskStore, Protocol):
+    """A TaskStore kept across restarts (kill -9 included): every write is committed before
+    it returns; a pending task's spooled request is kept until the task finishes or is
+    discarded. Progress is not written: a task redone after a restart reports its own."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def unfinished(self) -> list[str]:
+        """The ids of the pending tasks, oldest first (to redo at start)."""
+
+    async def spooled(self, task_id: str) -> SpooledRequest:
+        """The pending task's spooled request; raises SpoolLost when it cannot be read."""
+
+    async def expire(self) -> int:
+        """Deletes finished tasks past their TTL (or past `max_tasks`); how many."""
 
 
 class InflightRuns:

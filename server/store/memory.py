@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from cachetools import TTLCache
 
-from . import Outcome, TaskState
+from . import Outcome, SpooledRequest, TaskState
 
 
 class TaskStoreFull(Exception):
@@ -58,7 +58,9 @@ class MemoryTaskStore:
         # task id -> (expiry, outcome), in finishing order; one TTL, so the first expires first.
         self._finished: OrderedDict[str, tuple[float, Outcome]] = OrderedDict()
 
-    async def create(self, task_id: str, outcome: Outcome | None = None) -> None:
+    async def create(self, task_id: str, outcome: Outcome | None = None,
+                     request: SpooledRequest | None = None) -> None:
+        # `request` is for a lasting store: a task kept in memory ends with the process.
         if outcome is not None:
             self._store(task_id, outcome)
             return

@@ -1,32 +1,65 @@
-"""The job store in one SQLite file (stdlib sqlite3): jobs, their items and results.
+"""The lasting stores, each in its own SQLite file (stdlib sqlite3): the job store (jobs, their
+items and results) and the task store (non-blocking documents and batches, with their spooled
+requests).
 
 Threading: a sqlite3 connection belongs to the thread that made it, and its calls block, so
-every call runs on one dedicated thread (a single-thread executor that also opens and closes
-the connection); the IOLoop only awaits. One thread also means one writer, so no call waits on
-SQLite's own locks, and a check-then-write (a duplicate job's fingerprint) is atomic.
+every call runs on one dedicated thread per file (a single-thread executor that also opens and
+closes the connection); the IOLoop only awaits. One thread also means one writer, so no call
+waits on SQLite's own locks, and a check-then-write (a duplicate job's fingerprint, the pending
+tasks' bound) is atomic.
 
 Durability: WAL with synchronous=FULL, and every write in its own transaction committed before
-the method returns, so what a client was told survives a kill -9 (and a power cut). An item is
-a page of a file: (seq, page), seq numbering the job's files, page 1 for an image
-(PRIMARY KEY (job_id, seq, page), UNIQUE (job_id, file, page)); a document's further pages are
-added once a worker has counted them, with INSERT OR IGNORE. Only a queued item is ever
-finished, so writing the same outcome twice, or after the job was deleted, changes nothing: a
-job resumed after a crash has every item exactly once. The job row's total and its done /
+the method returns, so what a client was told survives a kill -9 (and a power cut).
+
+Jobs. An item is a page of a file: (seq, page), seq numbering the job's files, page 1 for an
+image (PRIMARY KEY (job_id, seq, page), UNIQUE (job_id, file, page)); a document's further
+pages are added once a worker has counted them, with INSERT OR IGNORE. Only a queued item is
+ever finished, so writing the same outcome twice, or after the job was deleted, changes
+nothing: a job resumed after a crash has every item exactly once. The job row's total and its done /
 failed / cached counters move in the same transaction as the items they count.
+
+Tasks (`SqliteTaskStore`, its own file: its life cycle is the service's, not the job runner's,
+and a task's commit never waits behind a job's batch of items). A row per task: pending until
+its outcome is written, then numbered in finishing order. A pending task's request is spooled
+first, into <spool_dir>/.<id>.partial/, every file and the folder synced, then renamed to
+<spool_dir>/<id>/: a row is only ever committed once its spool is complete, and a spool
+without a pending row (a crash in between, a finished task whose spool removal was cut short)
+is deleted at the next open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
+import logging
+import os
+import re
+import shutil
 import sqlite3
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ErrorInfo
-from . import FINISHED_STATUSES, ItemOutcome, ItemSpec, JobItem, JobRecord
+from . import (
+    FINISHED_STATUSES,
+    ItemOutcome,
+    ItemSpec,
+    JobItem,
+    JobRecord,
+    Outcome,
+    SpooledRequest,
+    SpoolLost,
+    TaskState,
+)
+from .memory import TaskStoreFull
+
+log = logging.getLogger("ppocr.store")
 
 T = TypeVar("T")
 
@@ -85,8 +118,12 @@ _LIVE = ("queued", "running", "done")  # a job an identical submission is answer
 _UNFINISHED = ("queued", "running")
 
 
-class SqliteJobStore:
-    """`JobStore` in the SQLite file `path` (its folder must exist)."""
+class _SqliteFile:
+    """One SQLite file (its folder must exist), its connection on one dedicated thread."""
+
+    _what = "store"  # for messages
+    _schema = ""
+    _version = 1
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -103,6 +140,54 @@ class SqliteJobStore:
         await self._call(self._close)
         self._executor.shutdown(wait=True)
         self._executor = None
+
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise RuntimeError(f"the {self._what} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    # -- on the store's thread ----------------------------------------------------------
+
+    def _open(self) -> None:
+        # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE.
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("PRAGMA busy_timeout = 10000")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, self._version):
+            db.close()
+            raise RuntimeError(f"{self.path}: {self._what} schema version {version}; this "
+                               f"server knows version {self._version}")
+        db.executescript(self._schema)
+        db.execute(f"PRAGMA user_version = {self._version}")
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            value = work(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return value
+
+
+class SqliteJobStore(_SqliteFile):
+    """`JobStore` in the SQLite file `path` (its folder must exist)."""
+
+    _what = "job store"
+    _schema = _SCHEMA
+    _version = SCHEMA_VERSION
 
     async def create(self, job: JobRecord, items: list[ItemSpec]) -> JobRecord:
         return await self._call(self._create, job, items)
@@ -151,44 +236,6 @@ class SqliteJobStore:
             "ORDER BY finished_at", finished_before)
 
     # -- on the store's thread ----------------------------------------------------------
-
-    async def _call(self, function: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise RuntimeError("the job store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-
-    def _open(self) -> None:
-        # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE.
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute("PRAGMA busy_timeout = 10000")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            db.close()
-            raise RuntimeError(f"{self.path}: job store schema version {version}; this "
-                               f"server knows version {SCHEMA_VERSION}")
-        db.executescript(_SCHEMA)
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        self._db = db
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            value = work(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return value
 
     def _create(self, job: JobRecord, items: list[ItemSpec]) -> JobRecord:
         def work(db: sqlite3.Connection) -> JobRecord:
@@ -319,3 +366,351 @@ def _item(row: sqlite3.Row) -> JobItem:
                    attempts=row["attempts"], cached=bool(row["cached"]),
                    result=json.loads(row["result"]) if row["result"] is not None else None,
                    error=error, finished_at=row["finished_at"])
+
+
+# ---------------------------------------------------------------- non-blocking tasks
+
+TASK_SCHEMA_VERSION = 1
+_TASK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    finished INTEGER UNIQUE,  -- finishing order (1, 2, ...); NULL while pending
+    finished_at REAL,
+    result TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    error_details TEXT,
+    CHECK ((finished IS NULL) = (finished_at IS NULL))
+);
+CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks (finished_at);
+"""
+SPOOL_MANIFEST = "request.json"  # in a task's spool folder, beside its files
+_SPOOL_NAME = re.compile(r"^[a-z0-9-]{1,64}$")  # a spooled file's name (no dot: no clash)
+_SPOOL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class SqliteTaskStore(_SqliteFile):
+    """`LastingTaskStore` in the SQLite file `path`, pending tasks' requests spooled under
+    `spool_dir` (created at open; its parent and `path`'s folder must exist).
+
+    The contract is MemoryTaskStore's: pending tasks are kept until they finish, at most
+    `max_tasks` of them (TaskStoreFull past that); finished ones for `ttl` seconds after they
+    finished, at most `max_tasks`, dropped in finishing order (polling keeps none longer).
+    `timer` gives epoch seconds: they are stored, so they must mean the same after a restart;
+    tests inject a clock they tick.
+
+    The IOLoop thread keeps a mirror of the pending tasks (with their progress, which lives
+    only there: a task redone after a restart reports its own) and of when each finished one
+    finished, updated after each commit, so `stats`, a poll of a pending task and one of an
+    unknown or expired id need no round trip; the file is the truth at `open`. Expired rows are
+    deleted as tasks finish, at `open`, and every `sweep_interval` seconds (None: never on a
+    timer). Spool files go through the loop's default executor, rows through the store's thread.
+    """
+
+    _what = "task store"
+    _schema = _TASK_SCHEMA
+    _version = TASK_SCHEMA_VERSION
+
+    def __init__(self, path: str | Path, spool_dir: str | Path, max_tasks: int, ttl: float,
+                 timer: Callable[[], float] = time.time,
+                 sweep_interval: float | None = None) -> None:
+        super().__init__(path)
+        self.spool_dir = Path(spool_dir)
+        self._max = max_tasks
+        self._ttl = ttl
+        self._timer = timer
+        self._sweep_interval = sweep_interval
+        self._pending: dict[str, dict | None] = {}  # id -> progress, in creation order
+        self._finished: OrderedDict[str, float] = OrderedDict()  # id -> finished at, in order
+        self._sweeper: asyncio.Task | None = None
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Opens the file, deletes expired rows and orphaned spools, loads the mirror."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, functools.partial(self.spool_dir.mkdir, mode=0o700,
+                                                           exist_ok=True))
+        await super().open()
+        pending, finished = await self._call(self._load, self._timer())
+        self._pending = dict.fromkeys(pending)
+        self._finished = OrderedDict(finished)
+        await loop.run_in_executor(None, self._remove_orphaned_spools, set(pending))
+        if self._sweep_interval:
+            self._sweeper = loop.create_task(self._sweep_periodically())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await super().close()
+
+    # -- TaskStore -------------------------------------------------------------------------
+
+    async def create(self, task_id: str, outcome: Outcome | None = None,
+                     request: SpooledRequest | None = None) -> None:
+        now = self._timer()
+        if outcome is not None:
+            await self._call(self._insert_finished, task_id, now, outcome)
+            self._mirror_finished(task_id, now)
+            return
+        if len(self._pending) >= self._max:  # refused before spooling (the file re-checks)
+            raise self._full()
+        loop = asyncio.get_running_loop()
+        if request is not None:
+            await loop.run_in_executor(None, self._write_spool, task_id, request)
+        try:
+            await self._call(self._insert_pending, task_id, now)
+        except BaseException:
+            if request is not None:
+                await loop.run_in_executor(None, self._remove_spool, task_id)
+            raise
+        self._pending[task_id] = None
+
+    async def progress(self, task_id: str, done: int, total: int) -> None:
+        if task_id in self._pending:
+            self._pending[task_id] = {"done": done, "total": total}
+
+    async def finish(self, task_id: str, outcome: Outcome) -> None:
+        if task_id not in self._pending:
+            return
+        now = self._timer()
+        if not await self._call(self._finish, task_id, now, outcome):
+            return  # discarded meanwhile
+        self._pending.pop(task_id, None)
+        self._mirror_finished(task_id, now)
+        await self._discard_spool(task_id)
+
+    async def discard(self, task_id: str) -> None:
+        await self._call(self._delete, task_id)
+        self._pending.pop(task_id, None)
+        self._finished.pop(task_id, None)
+        await self._discard_spool(task_id)
+
+    async def get(self, task_id: str) -> TaskState | None:
+        if task_id in self._pending:
+            return TaskState(task_id, progress=self._pending[task_id])
+        self._expire_mirror()
+        if task_id not in self._finished:
+            return None
+        outcome = await self._call(self._outcome, task_id)
+        return TaskState(task_id, outcome) if outcome is not None else None
+
+    def stats(self) -> dict:
+        self._expire_mirror()
+        return {"pending_tasks": len(self._pending), "finished_tasks": len(self._finished)}
+
+    # -- LastingTaskStore ------------------------------------------------------------------
+
+    async def unfinished(self) -> list[str]:
+        return await self._call(self._pending_ids)
+
+    async def spooled(self, task_id: str) -> SpooledRequest:
+        return await asyncio.get_running_loop().run_in_executor(None, self._read_spool,
+                                                                task_id)
+
+    async def expire(self) -> int:
+        removed = await self._call(self._write, functools.partial(self._trim,
+                                                                  now=self._timer()))
+        self._expire_mirror()
+        return removed
+
+    # -- the mirror (IOLoop thread) --------------------------------------------------------
+
+    def _full(self) -> TaskStoreFull:
+        return TaskStoreFull(f"{self._max} non-blocking tasks are already pending; retry later")
+
+    def _mirror_finished(self, task_id: str, now: float) -> None:
+        self._finished.pop(task_id, None)
+        self._finished[task_id] = now
+        self._expire_mirror()
+        while len(self._finished) > self._max:
+            self._finished.popitem(last=False)
+
+    def _expire_mirror(self) -> None:
+        cutoff = self._timer() - self._ttl  # the same test as _trim's
+        while self._finished and next(iter(self._finished.values())) <= cutoff:
+            self._finished.popitem(last=False)
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                removed = await self.expire()
+            except Exception:
+                log.exception("cannot delete expired tasks")
+                continue
+            if removed:
+                log.info("deleted %d finished task(s) past service.task_ttl", removed)
+
+    async def _discard_spool(self, task_id: str) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._remove_spool, task_id)
+        except OSError as exc:  # the next open deletes it (no pending row keeps it)
+            log.warning("cannot delete the spool of task %s: %s", task_id, exc)
+
+    # -- on the store's thread -------------------------------------------------------------
+
+    def _load(self, now: float) -> tuple[list[str], list[tuple[str, float]]]:
+        self._write(functools.partial(self._trim, now=now))
+        finished = self._db.execute("SELECT id, finished_at FROM tasks WHERE finished IS NOT "
+                                    "NULL ORDER BY finished").fetchall()
+        return self._pending_ids(), [(row["id"], row["finished_at"]) for row in finished]
+
+    def _pending_ids(self) -> list[str]:
+        rows = self._db.execute("SELECT id FROM tasks WHERE finished IS NULL "
+                                "ORDER BY created_at, rowid").fetchall()
+        return [row["id"] for row in rows]
+
+    def _trim(self, db: sqlite3.Connection, now: float) -> int:
+        """Deletes finished rows past the TTL, then the first finished past `max_tasks`."""
+        removed = db.execute("DELETE FROM tasks WHERE finished_at <= ?",
+                             (now - self._ttl,)).rowcount
+        return removed + db.execute(
+            "DELETE FROM tasks WHERE finished IN (SELECT finished FROM tasks WHERE finished "
+            "IS NOT NULL ORDER BY finished DESC LIMIT -1 OFFSET ?)", (self._max,)).rowcount
+
+    def _insert_pending(self, task_id: str, now: float) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            pending = db.execute("SELECT COUNT(*) FROM tasks WHERE finished IS NULL"
+                                 ).fetchone()[0]
+            if pending >= self._max:
+                raise self._full()
+            db.execute("INSERT INTO tasks (id, created_at) VALUES (?, ?)", (task_id, now))
+        self._write(work)
+
+    def _insert_finished(self, task_id: str, now: float, outcome: Outcome) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            db.execute("INSERT INTO tasks (id, created_at) VALUES (?, ?)", (task_id, now))
+            self._set_outcome(db, task_id, now, outcome)
+            self._trim(db, now)
+        self._write(work)
+
+    def _finish(self, task_id: str, now: float, outcome: Outcome) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            if not self._set_outcome(db, task_id, now, outcome):
+                return False
+            self._trim(db, now)
+            return True
+        return self._write(work)
+
+    @staticmethod
+    def _set_outcome(db: sqlite3.Connection, task_id: str, now: float, outcome: Outcome
+                     ) -> bool:
+        error = outcome.error
+        result = None if outcome.result is None else json.dumps(
+            outcome.result, ensure_ascii=False, separators=(",", ":"))
+        return db.execute(
+            "UPDATE tasks SET finished = (SELECT COALESCE(MAX(finished), 0) + 1 FROM tasks), "
+            "finished_at = ?, result = ?, error_code = ?, error_message = ?, "
+            "error_details = ? WHERE id = ? AND finished IS NULL",
+            (now, result, error and error.code, error and error.message,
+             error and error.details, task_id)).rowcount == 1
+
+    def _outcome(self, task_id: str) -> Outcome | None:
+        row = self._db.execute("SELECT result, error_code, error_message, error_details "
+                               "FROM tasks WHERE id = ? AND finished IS NOT NULL",
+                               (task_id,)).fetchone()
+        if row is None:
+            return None
+        if row["error_code"] is not None:
+            return Outcome(error=ErrorInfo(row["error_code"], row["error_message"] or "",
+                                           row["error_details"]))
+        return Outcome(result=json.loads(row["result"]))
+
+    def _delete(self, task_id: str) -> None:
+        self._write(lambda db: db.execute("DELETE FROM tasks WHERE id = ?", (task_id,)))
+
+    # -- the spool (the loop's default executor) -------------------------------------------
+
+    def _write_spool(self, task_id: str, request: SpooledRequest) -> None:
+        """<spool_dir>/<task_id>/: the files, then the manifest, each synced; the folder is
+        complete before it has its name."""
+        for name in request.files:
+            if not _SPOOL_NAME.match(name):
+                raise ValueError(f"bad spool file name {name!r}")
+        manifest = json.dumps({"fields": request.fields, "files": list(request.files)},
+                              ensure_ascii=False, separators=(",", ":")).encode()
+        partial = self.spool_dir / f".{task_id}.partial"
+        _remove_tree(partial)
+        partial.mkdir(mode=0o700)
+        try:
+            dir_fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for name, data in request.files.items():
+                    _write_synced(dir_fd, name, data)
+                _write_synced(dir_fd, SPOOL_MANIFEST, manifest)
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            os.rename(partial, self.spool_dir / task_id)
+            _fsync_folder(self.spool_dir)
+        except BaseException:
+            _remove_tree(partial)
+            raise
+
+    def _read_spool(self, task_id: str) -> SpooledRequest:
+        folder = self.spool_dir / task_id
+        try:
+            manifest = json.loads((folder / SPOOL_MANIFEST).read_bytes())
+            fields, names = manifest["fields"], manifest["files"]
+            if not isinstance(fields, dict) or not isinstance(names, list) \
+                    or not all(isinstance(name, str) and _SPOOL_NAME.match(name)
+                               for name in names):
+                raise ValueError("the manifest is malformed")
+            return SpooledRequest(fields, {name: (folder / name).read_bytes()
+                                           for name in names})
+        except FileNotFoundError as exc:
+            raise SpoolLost("is missing", details=f"{exc}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SpoolLost("cannot be read",
+                            details=f"{folder}: {type(exc).__name__}: {exc}") from None
+
+    def _remove_spool(self, task_id: str) -> None:
+        _remove_tree(self.spool_dir / task_id)
+
+    def _remove_orphaned_spools(self, pending: set[str]) -> None:
+        """Spool folders of no pending task: a crash before the row was committed or after
+        the task finished, or a spool cut short (.partial)."""
+        removed = 0
+        for name in os.listdir(self.spool_dir):
+            if name not in pending:
+                try:
+                    _remove_tree(self.spool_dir / name)
+                except OSError as exc:
+                    log.warning("cannot delete %s: %s", self.spool_dir / name, exc)
+                    continue
+                removed += 1
+        if removed:
+            log.info("deleted %d spooled task request(s) no pending task needs", removed)
+
+
+def _write_synced(dir_fd: int, name: str, data: bytes) -> None:
+    out = os.open(name, _SPOOL_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view):]
+        os.fsync(out)
+    finally:
+        os.close(out)
+
+
+def _fsync_folder(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
