@@ -86,7 +86,8 @@ def job_limits(config: Config) -> JobLimits:
     jobs = config.jobs
     pool = pool_config(config)
     # With the idle takeover the pool may give the job every worker: keep enough items queued.
-    in_flight = pool.size if pool.background_takeover_s > 0 else pool.background_cap
+    in_flight = max(pool.size, pool.background_cap) if pool.background_takeover_s > 0 \
+        else pool.background_cap
     return JobLimits(max_in_flight=in_flight,
                      retention=jobs.retention, max_items=jobs.max_items,
                      max_zip_entries=jobs.max_zip_entries, max_zip_bytes=jobs.max_zip_bytes)

@@ -16,7 +16,7 @@ import urllib.request
 import tornado.web
 
 from server.http import GuardedHTTPServer
-from server.testing import ServerProcess, multipart
+from server.testing import ServerProcess, multipart, wait_for
 from tests.test_hardening import RECEIPT_BYTES
 from tests.test_server import FIRST_LINE
 
@@ -56,8 +56,11 @@ def test_connection_flood_is_refused_fast_cut_by_timeouts_and_the_pool_stays_who
         # A worker killed during the flood is replaced (spawning needs descriptors too).
         [worker] = server.worker_pids()
         os.kill(worker, signal.SIGKILL)
-        # Once header_timeout has cut the slow connections, everyone is served again.
-        server.wait_ready(timeout=60)
+        wait_for(lambda: server.worker_pids() and worker not in server.worker_pids(), 120,
+                 "the killed worker was never replaced")
+        # Once header_timeout has cut the slow connections, everyone is served again (the
+        # replacement answers /ready once it has loaded its models).
+        server.wait_ready(timeout=120)
         body, content_type = multipart({"file_type": "file"}, RECEIPT_BYTES)
         status, answer = _post(server, body, content_type)
         assert status == 200 and answer["lines"][0]["text"] == FIRST_LINE

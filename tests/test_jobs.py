@@ -437,9 +437,11 @@ class TestFolderJobs(JobsTestCase):
 
 
 class TestHeldWorker(JobsTestCase):
-    """Tests that hold the worker reading a job's first item (SIGSTOP) to act meanwhile."""
+    """Tests that hold the worker reading a job's first item (SIGSTOP) to act meanwhile.
+    The cap of one item in flight must hold: no idle takeover of the second worker."""
 
-    overrides = {"ocr.process.ping_interval": 600.0, "ocr.process.ping_timeout": 600.0}
+    overrides = {"ocr.process.ping_interval": 600.0, "ocr.process.ping_timeout": 600.0,
+                 "jobs.idle_takeover": 0}
 
     def build(self, count: int) -> None:
         batch = self.root / "batch"
