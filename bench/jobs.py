@@ -178,7 +178,7 @@ class Accounting:
                 "server": cpu_seconds(p for role, p in tree if role == "server"),
                 "workers": cpu_seconds(workers),
                 # the workers' reaped children: the forked pdfium renderer of each PDF page
-                "renderers": children_cpu_seconds(workers),
+                "renderers": cpu_seconds(workers, children=True),
                 "engine": cpu_seconds(self.raw_tree),
                 "bench": me.user + me.system}
 
@@ -190,18 +190,6 @@ class Accounting:
         return {"wall_s": round(wall, 3), **{f"{k}_cpu_s": round(v, 3) for k, v in ours.items()},
                 "other_cpu_s": round(other, 3),
                 "other_cores": round(other / wall, 3) if wall > 0 else None}
-
-
-def children_cpu_seconds(processes: list[psutil.Process]) -> float:
-    """CPU seconds of the processes' children that have exited and been waited for."""
-    total = 0.0
-    for proc in processes:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.children_user + times.children_system
-    return total
 
 
 class Poller:

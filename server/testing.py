@@ -235,15 +235,17 @@ def process_tree(pid: int) -> list[tuple[str, psutil.Process]]:
     return found
 
 
-def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
-    """User + system CPU seconds of the processes still alive."""
+def cpu_seconds(processes: Iterable[psutil.Process], children: bool = False) -> float:
+    """User + system CPU seconds of the processes still alive, or with `children` those of
+    their children that have exited and been waited for."""
     total = 0.0
     for proc in processes:
         try:
             times = proc.cpu_times()
         except psutil.Error:
             continue
-        total += times.user + times.system
+        total += (times.children_user + times.children_system if children
+                  else times.user + times.system)
     return total
 
 

@@ -5,11 +5,13 @@
 - Hostile documents: written object by object with `raw_pdf`, so each one is exactly the attack it
   names (a 1e6 pt MediaBox, 2,000 pages, nesting far past any parser's limit, a self-drawing form,
   one declared-huge image on many pages).
+- `multipart`: the form body that uploads such documents, one 'file' part each.
 """
 
 from __future__ import annotations
 
 import io
+import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -174,3 +176,16 @@ def looped_tiff(image: Image.Image) -> bytes:
     next_at = offset + 2 + 12 * entries
     data[next_at:next_at + 4] = offset.to_bytes(4, "little")
     return bytes(data)
+
+
+def multipart(fields: dict[str, str], files: list[bytes]) -> tuple[bytes, str]:
+    """A multipart body with `fields` and one 'file' part per entry of `files`."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+             f"{value}\r\n".encode() for name, value in fields.items()]
+    for index, data in enumerate(files):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                     f'filename="item{index}"\r\nContent-Type: application/octet-stream'
+                     '\r\n\r\n'.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"

@@ -37,6 +37,7 @@ from tests.pdfs import (
     image_bomb_pdf,
     images_pdf,
     many_pages_pdf,
+    multipart,
     nested_page_tree_pdf,
     pages_pdf,
     self_drawing_form_pdf,
@@ -58,19 +59,6 @@ def receipt_pages() -> list[Image.Image]:
     width, height = receipt.size
     return [receipt, receipt.crop((0, 0, width, height // 2)),
             receipt.crop((0, height // 2, width, height))]
-
-
-def multipart(fields: dict[str, str], files: list[bytes]) -> tuple[bytes, str]:
-    """A multipart body with `fields` and one 'file' part per entry of `files`."""
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-             f"{value}\r\n".encode() for name, value in fields.items()]
-    for index, data in enumerate(files):
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                     f'filename="item{index}"\r\nContent-Type: application/octet-stream'
-                     '\r\n\r\n'.encode() + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def b64(data: bytes) -> str:

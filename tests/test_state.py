@@ -16,7 +16,7 @@ import pytest
 from server.errors import INTERNAL_MESSAGE, ApiError, ErrorInfo, error_info
 from server.pool import Lane
 from server.service import OcrService, request_key
-from server.store import InflightRuns, Outcome, TaskState
+from server.store import InflightRuns, Outcome
 from server.store.memory import MemoryResultCache, MemoryTaskStore, TaskStoreFull
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -217,129 +217,8 @@ def test_cache_of_size_zero_or_ttl_zero_caches_nothing(size, ttl):
     run(scenario())
 
 
-# -------------------------------------------------------------------------------- MemoryTaskStore
-
-
-def test_task_store_unknown_id_is_none():
-    async def scenario():
-        store = MemoryTaskStore(4, 60, timer=Clock())
-        assert await store.get("f" * 64) is None
-
-    run(scenario())
-
-
-def test_pending_task_never_expires():
-    async def scenario():
-        clock = Clock()
-        store = MemoryTaskStore(4, 60, timer=clock)
-        await store.create("t1")
-        for _ in range(5):
-            clock.tick(1e9)
-            state = await store.get("t1")
-            assert state == TaskState("t1") and state.pending
-
-    run(scenario())
-
-
-def test_finished_task_expires_ttl_after_it_finished_not_after_creation():
-    async def scenario():
-        clock = Clock()
-        store = MemoryTaskStore(4, 60, timer=clock)
-        await store.create("t1")
-        clock.tick(1000)  # far past the ttl, counted from creation
-        await store.finish("t1", Outcome(result=RESULT))
-        state = await store.get("t1")
-        assert not state.pending and state.outcome == Outcome(result=RESULT)
-        clock.tick(59.5)
-        assert (await store.get("t1")).outcome.result == RESULT
-        clock.tick(0.5)  # exactly 60 s after finishing
-        assert await store.get("t1") is None
-        assert store.stats() == {"pending_tasks": 0, "finished_tasks": 0}
-
-    run(scenario())
-
-
-def test_create_with_outcome_is_done_at_once_and_expires_after_ttl():
-    async def scenario():
-        clock = Clock()
-        store = MemoryTaskStore(4, 60, timer=clock)
-        await store.create("t1", Outcome(result=RESULT))
-        state = await store.get("t1")
-        assert not state.pending and state.outcome.result == RESULT
-        assert store.stats() == {"pending_tasks": 0, "finished_tasks": 1}
-        clock.tick(60)
-        assert await store.get("t1") is None
-
-    run(scenario())
-
-
-def test_finish_of_a_task_that_is_not_pending_records_nothing():
-    async def scenario():
-        store = MemoryTaskStore(4, 60, timer=Clock())
-        await store.finish("never-created", Outcome(result=RESULT))
-        assert await store.get("never-created") is None
-        assert store.stats() == {"pending_tasks": 0, "finished_tasks": 0}
-
-    run(scenario())
-
-
-def test_finished_tasks_are_bounded_the_oldest_dropped():
-    async def scenario():
-        clock = Clock()
-        store = MemoryTaskStore(2, 60, timer=clock)
-        for task_id in ("t1", "t2", "t3"):
-            await store.create(task_id, Outcome(result={"id": task_id}))
-            clock.tick(1)
-        assert await store.get("t1") is None
-        assert (await store.get("t2")).outcome.result == {"id": "t2"}
-        assert (await store.get("t3")).outcome.result == {"id": "t3"}
-        assert store.stats() == {"pending_tasks": 0, "finished_tasks": 2}
-
-    run(scenario())
-
-
-def test_finished_task_bound_drops_the_oldest_even_if_it_was_polled():
-    # BUG (server/store/memory.py, MemoryTaskStore): the docstring and the max_tasks config
-    # key say "the oldest dropped", but finished tasks live in a TTLCache, whose eviction is
-    # least-recently-*used*: `get` (every GET /ocr_service/<id> poll) moves a task to the
-    # fresh end, so a polled old task survives and a newer, never-polled one is dropped.
-    async def scenario():
-        clock = Clock()
-        store = MemoryTaskStore(2, 60, timer=clock)
-        await store.create("t1", Outcome(result={"id": "t1"}))
-        clock.tick(1)
-        await store.create("t2", Outcome(result={"id": "t2"}))
-        clock.tick(1)
-        assert (await store.get("t1")).outcome.result == {"id": "t1"}  # a client polls t1
-        await store.create("t3", Outcome(result={"id": "t3"}))
-        survivors = [task_id for task_id in ("t1", "t2", "t3")
-                     if await store.get(task_id) is not None]
-        assert survivors == ["t2", "t3"], (
-            "MemoryTaskStore drops the least recently polled finished task, not the oldest "
-            f"as documented: kept {survivors}, expected ['t2', 't3']")
-
-    run(scenario())
-
-
-def test_pending_tasks_are_bounded_with_queue_full():
-    async def scenario():
-        store = MemoryTaskStore(2, 60, timer=Clock())
-        await store.create("t1")
-        await store.create("t2")
-        with pytest.raises(TaskStoreFull) as refused:
-            await store.create("t3")
-        assert refused.value.code == "queue_full"
-        assert error_info(refused.value).code == "queue_full"
-        assert error_info(refused.value).kind.status == 503
-        assert await store.get("t3") is None
-        assert store.stats() == {"pending_tasks": 2, "finished_tasks": 0}
-        # Finishing one frees its pending slot; finished tasks do not count against pending.
-        await store.finish("t1", Outcome(result=RESULT))
-        await store.create("t3")
-        assert (await store.get("t3")).pending
-        assert store.stats() == {"pending_tasks": 2, "finished_tasks": 1}
-
-    run(scenario())
+# MemoryTaskStore's cases, the TaskStore contract, run on both stores in
+# tests/test_task_store_sqlite.py.
 
 
 # ---------------------------------------------------------------------------------- InflightRuns

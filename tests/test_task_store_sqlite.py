@@ -1,5 +1,6 @@
-"""SqliteTaskStore (server/store/sqlite.py): MemoryTaskStore's contract, case for case (the
-tests of tests/test_state.py on the lasting store), and what only a lasting store does: its
+"""The task stores: the TaskStore contract, each case run on MemoryTaskStore
+(server/store/memory.py) and on SqliteTaskStore (server/store/sqlite.py), the lasting store's
+spools and bookkeeping checked where it has them; then what only a lasting store does: its
 tasks, their outcomes and spooled requests survive closing and reopening the file, a spool no
 pending task needs is deleted at open, and one that is missing or damaged reads as SpoolLost.
 Then the service's side (documents and batches in the lasting store, a task cut short by the
@@ -71,36 +72,61 @@ def request(n: int = 0) -> SpooledRequest:
                           {"document": b"%PDF-1.7 " + bytes(range(256)) * 4 + str(n).encode()})
 
 
-# -------------------------------------------------------------- MemoryTaskStore's cases
+# ------------------------------------------ the TaskStore contract, on both stores
 
 
-def test_task_store_unknown_id_is_none(state):
+@contextlib.asynccontextmanager
+async def in_memory(max_tasks: int, ttl: float, clock: Clock):
+    yield MemoryTaskStore(max_tasks, ttl, timer=clock)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def open_store(request, state, clock):
+    """Opens the store under test (MemoryTaskStore, then SqliteTaskStore in `state`), its
+    `timer` the test's `clock`: `async with open_store(max_tasks=2) as store:`."""
+    def open_(max_tasks: int = 4, ttl: float = 60):
+        if request.param == "memory":
+            return in_memory(max_tasks, ttl, clock)
+        return opened(state, max_tasks, ttl, clock)
+    return open_
+
+
+def lasting(store) -> bool:
+    """Whether `store` is the lasting one, with its spools, `expire` and `unfinished`."""
+    return isinstance(store, SqliteTaskStore)
+
+
+def test_task_store_unknown_id_is_none(open_store):
     async def scenario():
-        async with opened(state) as store:
+        async with open_store() as store:
             assert await store.get("f" * 64) is None
 
     run(scenario())
 
 
-def test_pending_task_never_expires(state):
+def test_pending_task_never_expires(open_store, clock):
     async def scenario():
-        clock = Clock()
-        async with opened(state, clock=clock) as store:
+        async with open_store() as store:
             await store.create("t1")
             for _ in range(5):
                 clock.tick(1e9)
                 state_ = await store.get("t1")
                 assert state_ == TaskState("t1") and state_.pending
-            assert await store.expire() == 0
-            assert (await store.get("t1")).pending
+            if lasting(store):
+                assert await store.expire() == 0
+                assert (await store.get("t1")).pending
 
     run(scenario())
 
 
-def test_finished_task_expires_ttl_after_it_finished_not_after_creation(state):
+def test_finished_task_expires_ttl_after_it_finished_not_after_creation(open_store, clock):
     async def scenario():
-        clock = Clock()
-        async with opened(state, clock=clock) as store:
+        async with open_store() as store:
             await store.create("t1")
             clock.tick(1000)  # far past the ttl, counted from creation
             await store.finish("t1", Outcome(result=RESULT))
@@ -115,10 +141,9 @@ def test_finished_task_expires_ttl_after_it_finished_not_after_creation(state):
     run(scenario())
 
 
-def test_create_with_outcome_is_done_at_once_and_expires_after_ttl(state):
+def test_create_with_outcome_is_done_at_once_and_expires_after_ttl(open_store, clock):
     async def scenario():
-        clock = Clock()
-        async with opened(state, clock=clock) as store:
+        async with open_store() as store:
             await store.create("t1", Outcome(result=RESULT))
             state_ = await store.get("t1")
             assert not state_.pending and state_.outcome.result == RESULT
@@ -129,9 +154,9 @@ def test_create_with_outcome_is_done_at_once_and_expires_after_ttl(state):
     run(scenario())
 
 
-def test_finish_of_a_task_that_is_not_pending_records_nothing(state):
+def test_finish_of_a_task_that_is_not_pending_records_nothing(open_store):
     async def scenario():
-        async with opened(state) as store:
+        async with open_store() as store:
             await store.finish("never-created", Outcome(result=RESULT))
             assert await store.get("never-created") is None
             assert store.stats() == {"pending_tasks": 0, "finished_tasks": 0}
@@ -143,10 +168,9 @@ def test_finish_of_a_task_that_is_not_pending_records_nothing(state):
     run(scenario())
 
 
-def test_finished_tasks_are_bounded_the_oldest_dropped(state):
+def test_finished_tasks_are_bounded_the_oldest_dropped(open_store, clock):
     async def scenario():
-        clock = Clock()
-        async with opened(state, max_tasks=2, clock=clock) as store:
+        async with open_store(max_tasks=2) as store:
             for task_id in ("t1", "t2", "t3"):
                 await store.create(task_id, Outcome(result={"id": task_id}))
                 clock.tick(1)
@@ -158,10 +182,12 @@ def test_finished_tasks_are_bounded_the_oldest_dropped(state):
     run(scenario())
 
 
-def test_finished_task_bound_drops_the_oldest_even_if_it_was_polled(state):
+def test_finished_task_bound_drops_the_oldest_even_if_it_was_polled(open_store, clock):
+    # Once a BUG of MemoryTaskStore: finished tasks lived in a TTLCache, whose eviction is
+    # least-recently-*used*, so a polled old task survived and a newer, never-polled one was
+    # dropped, though the docstring and the max_tasks config key say "the oldest dropped".
     async def scenario():
-        clock = Clock()
-        async with opened(state, max_tasks=2, clock=clock) as store:
+        async with open_store(max_tasks=2) as store:
             await store.create("t1", Outcome(result={"id": "t1"}))
             clock.tick(1)
             await store.create("t2", Outcome(result={"id": "t2"}))
@@ -170,15 +196,17 @@ def test_finished_task_bound_drops_the_oldest_even_if_it_was_polled(state):
             await store.create("t3", Outcome(result={"id": "t3"}))
             survivors = [task_id for task_id in ("t1", "t2", "t3")
                          if await store.get(task_id) is not None]
-            assert survivors == ["t2", "t3"]
+            assert survivors == ["t2", "t3"], (
+                f"{type(store).__name__} drops the least recently polled finished task, not "
+                f"the oldest as documented: kept {survivors}, expected ['t2', 't3']")
 
     run(scenario())
 
 
-def test_finishing_order_not_creation_order_decides_which_finished_task_is_dropped(state):
+def test_finishing_order_not_creation_order_decides_which_finished_task_is_dropped(open_store):
     async def scenario():
-        clock = Clock()  # never ticks: equal times, the finishing order alone decides
-        async with opened(state, max_tasks=2, clock=clock) as store:
+        # The clock never ticks: equal times, the finishing order alone decides.
+        async with open_store(max_tasks=2) as store:
             for task_id in ("a", "b"):
                 await store.create(task_id)
             await store.finish("b", Outcome(result={"id": "b"}))
@@ -190,9 +218,9 @@ def test_finishing_order_not_creation_order_decides_which_finished_task_is_dropp
     run(scenario())
 
 
-def test_pending_tasks_are_bounded_with_queue_full(state):
+def test_pending_tasks_are_bounded_with_queue_full(open_store, state):
     async def scenario():
-        async with opened(state, max_tasks=2) as store:
+        async with open_store(max_tasks=2) as store:
             await store.create("t1")
             await store.create("t2")
             with pytest.raises(TaskStoreFull) as refused:
@@ -212,23 +240,25 @@ def test_pending_tasks_are_bounded_with_queue_full(state):
     run(scenario())
 
 
-def test_the_file_refuses_past_the_bound_even_when_creations_race(state):
+def test_the_store_refuses_past_the_bound_even_when_creations_race(open_store, state):
     async def scenario():
-        async with opened(state, max_tasks=2) as store:
+        async with open_store(max_tasks=2) as store:
             outcomes = await asyncio.gather(*(store.create(f"t{i}", request=request(i))
                                               for i in range(4)), return_exceptions=True)
             refused = [o for o in outcomes if isinstance(o, TaskStoreFull)]
             assert len(refused) == 2 and outcomes.count(None) == 2
             assert store.stats()["pending_tasks"] == 2
-            assert len(await store.unfinished()) == 2
-            assert len(list((state / "task-spool").iterdir())) == 2  # refused spools removed
+            if lasting(store):
+                assert len(await store.unfinished()) == 2
+                # refused spools removed
+                assert len(list((state / "task-spool").iterdir())) == 2
 
     run(scenario())
 
 
-def test_progress_is_shown_while_pending_and_ignored_once_finished(state):
+def test_progress_is_shown_while_pending_and_ignored_once_finished(open_store):
     async def scenario():
-        async with opened(state) as store:
+        async with open_store() as store:
             await store.create("t1")
             await store.progress("t1", 2, 5)
             assert await store.get("t1") == TaskState("t1", progress={"done": 2, "total": 5})
@@ -240,11 +270,12 @@ def test_progress_is_shown_while_pending_and_ignored_once_finished(state):
     run(scenario())
 
 
-def test_discard_forgets_a_pending_or_finished_task_and_its_spool(state):
+def test_discard_forgets_a_pending_or_finished_task_and_its_spool(open_store, state):
     async def scenario():
-        async with opened(state) as store:
+        async with open_store() as store:
             await store.create("t1", request=request())
-            assert (state / "task-spool" / "t1" / SPOOL_MANIFEST).is_file()
+            if lasting(store):
+                assert (state / "task-spool" / "t1" / SPOOL_MANIFEST).is_file()
             await store.discard("t1")
             assert await store.get("t1") is None
             assert not (state / "task-spool" / "t1").exists()
@@ -256,9 +287,9 @@ def test_discard_forgets_a_pending_or_finished_task_and_its_spool(state):
     run(scenario())
 
 
-def test_error_outcomes_keep_their_data_details_included(state):
+def test_error_outcomes_keep_their_data_details_included(open_store):
     async def scenario():
-        async with opened(state) as store:
+        async with open_store() as store:
             error = ErrorInfo("worker_crashed", "the OCR worker died on this image twice",
                               details="Traceback ...")
             await store.create("t1")

@@ -19,7 +19,6 @@ import json
 import shutil
 import signal
 import sqlite3
-import uuid
 from pathlib import Path
 
 import psutil
@@ -27,7 +26,7 @@ from PIL import Image
 
 from server.main import TASK_SPOOL, TASKS_FILE
 from server.testing import ServerProcess, request, wait_for
-from tests.pdfs import images_pdf
+from tests.pdfs import images_pdf, multipart
 
 ROOT = Path(__file__).resolve().parent.parent
 RECEIPT = ROOT / "docs" / "samples" / "receipt.jpg"
@@ -47,19 +46,6 @@ def png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
-
-
-def multipart(fields: dict[str, str], files: list[bytes]) -> tuple[bytes, str]:
-    """A multipart body with `fields` and one 'file' part per entry of `files`."""
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-             f"{value}\r\n".encode() for name, value in fields.items()]
-    for index, data in enumerate(files):
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                     f'filename="item{index}"\r\nContent-Type: application/octet-stream'
-                     '\r\n\r\n'.encode() + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def post(server: ServerProcess, files: list[bytes], **fields) -> tuple[int, dict]:
