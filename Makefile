@@ -14,7 +14,10 @@ SWAGGER_UI_DIR := server/static/vendor/swagger-ui
 SWAGGER_UI := $(SWAGGER_UI_DIR)/.installed-$(SWAGGER_UI_VERSION)
 SWAGGER_UI_FILES := LICENSE NOTICE swagger-ui.css swagger-ui-bundle.js favicon-32x32.png
 # The browser test (tests/test_web_page.py) drives Debian's chromium through chromedriver; a CJK
-# font so its screenshots show the Chinese text. Pinned; apt-get runs only when one is missing.
+# font so its screenshots show the Chinese text. Pinned; apt-get runs only when one is missing, and
+# falls back to Debian's current build when the security archive has dropped the pinned one.
+# What the test runs: /usr/bin/chromium, and /usr/bin/chromedriver from chromium-driver (apt-get
+# install: chromedriver is in that package).
 CHROMIUM_VERSION := 156.0.8078.114-1~deb12u1
 BROWSER_PACKAGES := chromium=$(CHROMIUM_VERSION) chromium-driver=$(CHROMIUM_VERSION) \
 	fonts-wqy-microhei=0.2.0-beta-3.1
@@ -48,8 +51,12 @@ run: models $(SWAGGER_UI)
 browser:
 	@(for pkg in $(BROWSER_PACKAGES); do \
 	  [ "$$(dpkg-query -W -f='$${Version}' $${pkg%%=*} 2>/dev/null)" = "$${pkg#*=}" ] || exit 1; \
-	done) || { apt-get update && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y --no-install-recommends $(BROWSER_PACKAGES); }
+	done) || { apt-get update && { DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y --no-install-recommends $(BROWSER_PACKAGES) || { \
+	  echo "the pinned chromium build is gone from Debian's security archive (it keeps only the"; \
+	  echo "newest): installing its current chromium, chromium-driver (chromedriver) instead"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver \
+	    fonts-wqy-microhei=0.2.0-beta-3.1 --no-install-recommends; }; }; }
 
 test: models $(SWAGGER_UI) browser
 	$(PY) -m ruff check .
