@@ -74,6 +74,12 @@ CATALOGUE: dict[str, ErrorKind] = {kind.code: kind for kind in (
               "web_server.request_timeout"),
 )}
 
+def clip(text: str, limit: int = 80) -> str:
+    """A short, printable rendering of untrusted input for error messages."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+    return repr(text + ("..." if len(text) >= limit else ""))
+
+
 # What a client sees for an error whose cause is ours, not theirs.
 INTERNAL_MESSAGE = "internal error while reading the image; the server log has the details"
 

@@ -70,7 +70,7 @@ from .errors import ApiError, ErrorInfo, error_info
 from .pool import Lane
 from .protocol import DocumentProbeJob, OcrJob, PageJob
 from .request import RequestPolicy, clip, given_options, loaded_model
-from .sandbox import _quote, open_in_roots, read_sandboxed
+from .sandbox import open_in_roots, read_sandboxed
 from .service import OcrService, request_key
 from .store import FINISHED_STATUSES, ItemOutcome, ItemSpec, JobItem, JobRecord, JobStore
 
@@ -263,7 +263,7 @@ class _Walk:
 
     def folder(self, fd: int, prefix: str, depth: int) -> None:
         if depth > MAX_DEPTH:
-            raise ApiError("invalid_field", f"{_quote(self.name)} has folders nested more than "
+            raise ApiError("invalid_field", f"{clip(self.name)} has folders nested more than "
                            f"{MAX_DEPTH} deep")
         with os.scandir(fd) as scan:
             entries = sorted(scan, key=lambda entry: entry.name)
@@ -294,8 +294,8 @@ class _Walk:
                 return
             if exc.errno in (errno.EACCES, errno.EPERM):
                 raise ApiError("forbidden_path", f"the server may not read the folder "
-                               f"{_quote(relative)} in {_quote(self.name)}") from None
-            raise ApiError("invalid_field", f"cannot open the folder {_quote(relative)}: "
+                               f"{clip(relative)} in {clip(self.name)}") from None
+            raise ApiError("invalid_field", f"cannot open the folder {clip(relative)}: "
                            f"{exc.strerror or type(exc).__name__}") from None
         try:
             self.folder(child, relative + "/", depth + 1)
@@ -321,7 +321,7 @@ class _Walk:
 
     def add(self, relative: str, status: os.stat_result) -> None:
         if len(self.items) >= self.max_items:
-            raise ApiError("too_many_items", f"{_quote(self.name)} holds more than "
+            raise ApiError("too_many_items", f"{clip(self.name)} holds more than "
                            f"{self.max_items} matching files (jobs.max_items)")
         self.items.append(ItemSpec(relative, status.st_size, status.st_mtime_ns))
 
@@ -877,7 +877,7 @@ class JobRunner:
             kind = probe.get("kind", kind)
         if kind not in ("pdf", "tiff"):  # an image (a TIFF of one frame included)
             if item.page != 1:
-                raise ApiError("invalid_document", f"{_quote(item.file)} is no longer a "
+                raise ApiError("invalid_document", f"{clip(item.file)} is no longer a "
                                f"document, so it has no page {item.page}")
             key = request_key(data, options.cache_key(), job.model)
             return await self.ocr.read(key, OcrJob(data, options, job.model), request_id,
@@ -924,7 +924,7 @@ class JobRunner:
                 fd = os.open(self.spool_dir / job.id / str(item.seq),
                              os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
-                raise ApiError("file_not_found", f"the spooled copy of {_quote(item.file)} "
+                raise ApiError("file_not_found", f"the spooled copy of {clip(item.file)} "
                                "is gone") from None
             with open(fd, "rb") as handle:
                 image = handle.read(self.policy.max_body_size + 1)
@@ -935,8 +935,8 @@ class JobRunner:
                                        self.policy.max_body_size)
             except ApiError as error:
                 # Name the file as the job lists it, not by the server's absolute path.
-                raise ApiError(error.code, error.message.replace(_quote(path),
-                                                                 _quote(item.file))) from None
+                raise ApiError(error.code, error.message.replace(clip(path),
+                                                                 clip(item.file))) from None
         if not image:
             raise ApiError("invalid_image", "the file is empty (0 bytes)")
         if len(image) > self.policy.max_body_size:

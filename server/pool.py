@@ -348,6 +348,12 @@ class WorkerPool:
         return sum(w.job is not None for w in self._workers.values())
 
     @property
+    def background_busy(self) -> int:
+        """Workers holding a background (folder-job) job."""
+        return sum(w.job is not None and w.job.lane is Lane.BACKGROUND
+                   for w in self._workers.values())
+
+    @property
     def queued(self) -> int:
         return sum(len(lane) for lane in self._lanes.values())
 
@@ -425,9 +431,7 @@ class WorkerPool:
             if not job.future.done():
                 return job
         background = self._lanes[Lane.BACKGROUND]
-        holding = sum(w.job is not None and w.job.lane is Lane.BACKGROUND
-                      for w in self._workers.values())
-        while background and holding < self._background_limit():
+        while background and self.background_busy < self._background_limit():
             job = background.popleft()
             if not job.future.done():
                 return job
@@ -478,8 +482,7 @@ class WorkerPool:
         worker = Worker(worker_id, process, parent_conn, None, self.config.max_tasks + jitter,
                         process.pid)
         worker.channel = protocol.Channel(parent_conn.fileno(), self._loop,
-                                          lambda message: self._on_message(worker, message),
-                                          lambda: None)
+                                          lambda message: self._on_message(worker, message))
         self._workers[worker_id] = worker
         if replaces is not None:
             replaces.replacement = worker

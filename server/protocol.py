@@ -152,16 +152,15 @@ def _read_exactly(fd: int, size: int) -> bytes:
 class Channel:
     """Parent side of one worker's socket: non-blocking framed writes and reads on the loop.
 
-    `on_message(message)` is called for each whole frame that arrives; `on_closed()` once, when
-    the worker's end closes (the process's exit is reported separately, by its sentinel).
+    `on_message(message)` is called for each whole frame that arrives. When the worker's end
+    closes, the channel stops watching it: the process's exit is reported by its sentinel.
     """
 
     def __init__(self, fd: int, loop: asyncio.AbstractEventLoop,
-                 on_message: Callable[[Any], None], on_closed: Callable[[], None]) -> None:
+                 on_message: Callable[[Any], None]) -> None:
         self.fd = fd
         self._loop = loop
         self._on_message = on_message
-        self._on_closed = on_closed
         self._inbox = bytearray()
         self._outbox = bytearray()
         self._writing = False
@@ -231,7 +230,6 @@ class Channel:
     def _close_end(self) -> None:
         self.closed = True
         self._remove_handlers()
-        self._on_closed()
 
     def _remove_handlers(self) -> None:
         self._loop.remove_reader(self.fd)

@@ -42,7 +42,7 @@ from ocr_engine import InvalidOptionError, OcrOptions, parse_options
 from ocr_engine.options import OPTION_NAMES, OPTION_SPECS, FieldSpec, describe_value
 
 from .config import MAX_DPI, MIN_DPI
-from .errors import ApiError, ErrorInfo, error_info
+from .errors import ApiError, ErrorInfo, clip, error_info
 from .sandbox import read_sandboxed
 
 FILE_TYPES = ("file", "filename", "base64")
@@ -172,12 +172,6 @@ class OcrRequest:
     block: bool
     document: DocumentOptions = DocumentOptions()
     batch: tuple[BatchItem, ...] | None = None
-
-
-def clip(text: str, limit: int = 80) -> str:
-    """A short, printable rendering of untrusted input for error messages."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
-    return repr(text + ("..." if len(text) >= limit else ""))
 
 
 # ---------------------------------------------------------------- reading the body

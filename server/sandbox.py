@@ -43,7 +43,7 @@ import os
 import stat
 from collections.abc import Sequence
 
-from .errors import ApiError
+from .errors import ApiError, clip
 
 # The configured roots: absolute real paths (service.filename_roots after Config.resolve).
 Roots = Sequence[str | os.PathLike[str]]
@@ -58,12 +58,6 @@ _PASS_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLO
 # A folder handed to the caller must be readable: os.scandir(fd) lists it.
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-def _quote(text: str, limit: int = 80) -> str:
-    """A short, printable rendering of untrusted input for error messages."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
-    return repr(text + ("..." if len(text) >= limit else ""))
 
 
 def open_in_roots(name: object, roots: Roots, *, directory: bool = False) -> int:
@@ -81,7 +75,7 @@ def open_in_roots(name: object, roots: Roots, *, directory: bool = False) -> int
     path = _checked_name(name)
     root_parts = [[part for part in os.path.abspath(os.fspath(root)).split("/") if part]
                   for root in roots]
-    outside = ApiError("forbidden_path", f"{_quote(path)} is outside the allowed folders")
+    outside = ApiError("forbidden_path", f"{clip(path)} is outside the allowed folders")
     if path.startswith("/"):
         located = _locate(_lexical_parts([], path), root_parts)
         if located is None:
@@ -93,7 +87,7 @@ def open_in_roots(name: object, roots: Roots, *, directory: bool = False) -> int
             raise outside
         candidates = [(index, parts) for index in range(len(roots))]
     if not directory and path.rsplit("/", 1)[-1] in ("", ".", ".."):
-        raise ApiError("invalid_field", f"{_quote(path)} ends with '/', '.' or '..', so it "
+        raise ApiError("invalid_field", f"{clip(path)} ends with '/', '.' or '..', so it "
                        "names a folder, not a file")
     misses: list[ApiError] = []
     for index, parts in candidates:
@@ -117,7 +111,7 @@ def read_sandboxed(name: object, roots: Roots, max_bytes: int) -> bytes:
         with open(fd, "rb", closefd=False) as handle:
             data = handle.read(max_bytes + 1)
     except OSError as exc:
-        raise ApiError("invalid_field", f"cannot read {_quote(str(name))}: "
+        raise ApiError("invalid_field", f"cannot read {clip(str(name))}: "
                        f"{exc.strerror or type(exc).__name__}") from None
     finally:
         os.close(fd)
@@ -144,7 +138,7 @@ def _checked_name(name: object) -> str:
         raise ApiError("invalid_field", f"filename is {len(encoded)} bytes long; the limit is "
                        f"{PATH_MAX}")
     if any(len(part) > NAME_MAX for part in encoded.split(b"/")):
-        raise ApiError("invalid_field", f"a part of {_quote(name)} is over {NAME_MAX} bytes "
+        raise ApiError("invalid_field", f"a part of {clip(name)} is over {NAME_MAX} bytes "
                        "long, the limit for one file or folder name")
     return name
 
@@ -186,13 +180,13 @@ def _resolve(name: str, root_parts: list[list[str]], index: int, parts: list[str
         if joined is not None:
             joined += parts[link + 1:]
             if len(os.fsencode("/" + "/".join(joined))) > PATH_MAX:
-                raise ApiError("invalid_field", f"{_quote(name)} is over {PATH_MAX} bytes "
+                raise ApiError("invalid_field", f"{clip(name)} is over {PATH_MAX} bytes "
                                "long once its symbolic links are followed")
         located = _locate(joined, root_parts)
         if located is None:
-            raise ApiError("forbidden_path", f"{_quote(name)} is outside the allowed folders")
+            raise ApiError("forbidden_path", f"{clip(name)} is outside the allowed folders")
         index, parts = located
-    raise ApiError("invalid_field", f"{_quote(name)} goes through more than {MAX_LINK_HOPS} "
+    raise ApiError("invalid_field", f"{clip(name)} goes through more than {MAX_LINK_HOPS} "
                    "symbolic links (a loop?)")
 
 
@@ -256,15 +250,15 @@ def _link_target(dir_fd: int, part: str) -> str | None:
 
 def _check_kind(name: str, mode: int, directory: bool) -> None:
     if directory and not stat.S_ISDIR(mode):
-        raise ApiError("invalid_field", f"{_quote(name)} is not a folder")
+        raise ApiError("invalid_field", f"{clip(name)} is not a folder")
     if not directory and not stat.S_ISREG(mode):
         # A directory is not an image; a FIFO or a device would block or never end.
-        raise ApiError("invalid_field", f"{_quote(name)} is not a regular file")
+        raise ApiError("invalid_field", f"{clip(name)} is not a regular file")
 
 
 def _refusal(name: str, exc: OSError) -> ApiError:
     """The client's error for a failed open or stat; only the client's own name is quoted."""
-    quoted = _quote(name)
+    quoted = clip(name)
     if exc.errno == errno.ENOENT:
         return ApiError("file_not_found", f"no such file: {quoted}")
     if exc.errno == errno.ENOTDIR:

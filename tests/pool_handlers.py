@@ -57,7 +57,10 @@ class EventLog(PoolObserver):
     "fatal") so a test can wait for one instead of sleeping; `hooks` run on each event."""
 
     def __init__(self, pool=None) -> None:
+        self.pool = pool
         self.seen: list[str] = []
+        # (lane, payload's "value", background jobs running once this one went out)
+        self.dispatches: list[tuple] = []
         self.exits: list[tuple[int, str]] = []  # (pid, reason)
         self.hooks: list = []
         self._changed = asyncio.Event()
@@ -77,6 +80,9 @@ class EventLog(PoolObserver):
         self._event("ready", worker)
 
     def job_dispatched(self, worker, job) -> None:
+        value = job.payload.get("value") if isinstance(job.payload, dict) else None
+        busy = self.pool.background_busy if self.pool is not None else None
+        self.dispatches.append((job.lane, value, busy))
         self._event("dispatch", worker)
 
     def job_finished(self, worker, job, duration_s, ok) -> None:

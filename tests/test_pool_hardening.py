@@ -84,20 +84,14 @@ def test_stopped_worker_never_blocks_the_loop_and_its_jobs_move_on():
 def test_interactive_jobs_go_before_background_ones_and_background_is_capped():
     async def scenario():
         pool = make_pool(size=2)  # background may hold 1 of the 2 workers
-        order = []
-
-        class Recorder(EventLog):
-            def job_dispatched(self, worker, job):
-                order.append((job.lane, job.payload.get("value")))
-                super().job_dispatched(worker, job)
-
-        Recorder(pool)
+        events = EventLog(pool)
         await pool.start()
         try:
             background = [pool.submit({"kind": "echo", "value": f"b{i}"}, Lane.BACKGROUND)
                           for i in range(6)]
             interactive = [pool.submit({"kind": "echo", "value": f"i{i}"}) for i in range(3)]
             await asyncio.gather(*background, *interactive)
+            order = [(lane, value) for lane, value, _ in events.dispatches]
             lanes = [lane for lane, _ in order]
             # Once an interactive job waited, no further background job was dispatched before
             # it: every interactive job went out before the second background one.
@@ -114,19 +108,12 @@ def test_interactive_jobs_go_before_background_ones_and_background_is_capped():
 def test_background_lane_never_holds_more_than_its_cap():
     async def scenario():
         pool = make_pool(size=3, background_workers=1)
-        holding = []
-
-        class Watcher(EventLog):
-            def job_dispatched(self, worker, job):
-                holding.append(sum(w.job is not None and w.job.lane is Lane.BACKGROUND
-                                   for w in pool._workers.values()))
-                super().job_dispatched(worker, job)
-
-        Watcher(pool)
+        events = EventLog(pool)
         await pool.start()
         try:
             await asyncio.gather(*(pool.submit({"kind": "echo", "value": i}, Lane.BACKGROUND)
                                    for i in range(8)))
+            holding = [busy for _, _, busy in events.dispatches]
             assert holding and max(holding) == 1
         finally:
             await pool.close()
@@ -212,14 +199,7 @@ def _cont(pid: int) -> None:
 def test_a_promoted_background_job_goes_before_the_remaining_background_ones():
     async def scenario():
         pool = make_pool(size=1)
-        order = []
-
-        class Recorder(EventLog):
-            def job_dispatched(self, worker, job):
-                order.append(job.payload.get("value"))
-                super().job_dispatched(worker, job)
-
-        Recorder(pool)
+        events = EventLog(pool)
         await pool.start()
         try:
             futures = [pool.submit({"kind": "echo", "value": i}, Lane.BACKGROUND)
@@ -227,6 +207,7 @@ def test_a_promoted_background_job_goes_before_the_remaining_background_ones():
             assert pool.promote(futures[4])  # an interactive request now waits for it
             assert not pool.promote(asyncio.get_running_loop().create_future())
             await asyncio.gather(*futures)
+            order = [value for _, value, _ in events.dispatches]
             assert order[:2] == [0, 4]  # 0 was already running
         finally:
             await pool.close()
@@ -237,22 +218,14 @@ def test_a_promoted_background_job_goes_before_the_remaining_background_ones():
 def test_background_jobs_take_every_worker_only_after_interactive_traffic_stops():
     async def scenario():
         pool = make_pool(size=2, background_takeover_s=2.0)  # background cap: 1 of 2
-        holding = []
-
-        class Watcher(EventLog):
-            def job_dispatched(self, worker, job):
-                if job.lane is Lane.BACKGROUND:
-                    holding.append(sum(w.job is not None and w.job.lane is Lane.BACKGROUND
-                                       for w in pool._workers.values()))
-                super().job_dispatched(worker, job)
-
-        Watcher(pool)
+        events = EventLog(pool)
         await pool.start()
         try:
             await pool.submit({"kind": "echo", "value": "interactive"})
             background = [pool.submit({"kind": "sleep", "seconds": 0.7, "value": i},
                                       Lane.BACKGROUND) for i in range(8)]
             await asyncio.gather(*background)
+            holding = [busy for lane, _, busy in events.dispatches if lane is Lane.BACKGROUND]
             # Right after the interactive request one worker stayed free for the next one;
             # once none came for 2 s the job used both.
             assert holding[0] == 1 and max(holding) == 2

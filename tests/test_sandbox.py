@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server import sandbox as sandbox_module
-from server.errors import ApiError
-from server.sandbox import MAX_LINK_HOPS, _quote, open_in_roots, read_sandboxed
+from server.errors import ApiError, clip
+from server.sandbox import MAX_LINK_HOPS, open_in_roots, read_sandboxed
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,7 @@ def refused(name: object, roots: tuple[Path, ...], status: int, *, directory: bo
     # is a leak.
     leak = error.message.replace(str(name), "")
     if isinstance(name, str):
-        leak = leak.replace(_quote(name), "")
+        leak = leak.replace(clip(name), "")
     assert "secret" not in leak and "/outside" not in leak, error.message
     return error
 
