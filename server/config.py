@@ -21,6 +21,8 @@ from ocr_engine.options import OcrOptions, option_spec
 
 # Rendering resolution of document pages (config default and the request's `dpi` field).
 MIN_DPI, MAX_DPI = 50, 600
+# POST /ocr_service's answer: ours, or the original server's bare list (service.response_format).
+RESPONSE_FORMATS = ("lines", "original")
 
 
 class ConfigError(ValueError):
@@ -198,6 +200,11 @@ class ServiceConfig:
                           "refused with 413 too_many_pages)", low=1, high=100000)
     max_batch: int = _key(32, "images or documents one request may send (repeated 'file' "
                           "parts, or 'img_src' as a JSON list); more is 413", low=1, high=10000)
+    response_format: str = _key("lines", "how POST /ocr_service answers: lines (a JSON object "
+                                "with lines, text and sizes) or original (the original "
+                                "server's bare list [[box, [text, score]], ...], null for a "
+                                "non-blocking submit); a request's response_format wins",
+                                choices=RESPONSE_FORMATS)
     state_dir: str = _key("state", "folder of the server's lasting state (SQLite files of the "
                           "folder jobs and of non-blocking document and batch tasks, their "
                           "spooled inputs), relative to the config file; created at start")

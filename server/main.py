@@ -122,7 +122,8 @@ def build_context(config: Config, pool: WorkerPool, spec: EngineSpec,
         filename_roots=tuple(config.resolve(root) for root in service_config.filename_roots),
         max_body_size=web.max_body_size, default_dpi=config.ocr.predict_system.dpi,
         max_pages=service_config.max_pages, max_batch=service_config.max_batch,
-        max_pixels=config.ocr.predict_system.max_pixels)
+        max_pixels=config.ocr.predict_system.max_pixels,
+        response_format=service_config.response_format)
     jobs = None
     if job_store is not None:
         jobs = JobRunner(job_store, ocr, requests, job_limits(config),

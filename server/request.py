@@ -41,7 +41,7 @@ from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 from ocr_engine import InvalidOptionError, OcrOptions, parse_options
 from ocr_engine.options import OPTION_NAMES, OPTION_SPECS, FieldSpec, describe_value
 
-from .config import MAX_DPI, MIN_DPI
+from .config import MAX_DPI, MIN_DPI, RESPONSE_FORMATS
 from .errors import ApiError, ErrorInfo, clip, error_info
 from .sandbox import read_sandboxed
 
@@ -73,6 +73,9 @@ CONTROL_SPECS: tuple[FieldSpec, ...] = (
               "text layer where it has one and reads the others; only takes the text layer",
               choices=PDF_TEXT_MODES),
     FieldSpec("password", str, None, "PDF: the password of an encrypted document"),
+    FieldSpec("response_format", str, None, "lines (our JSON object) or original (the original "
+              "server's bare list [[box, [text, score]], ...]); default: "
+              "service.response_format", choices=RESPONSE_FORMATS),
 )
 CONTROL_FIELDS = tuple(spec.name for spec in CONTROL_SPECS)
 # The per-request options: PaddleOCR's names (use_det is our extension for line crops).
@@ -126,6 +129,7 @@ class RequestPolicy:
     max_pages: int = 200
     max_batch: int = 32
     max_pixels: int = 40_000_000
+    response_format: str = "lines"  # service.response_format
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -172,6 +176,7 @@ class OcrRequest:
     block: bool
     document: DocumentOptions = DocumentOptions()
     batch: tuple[BatchItem, ...] | None = None
+    response_format: str = "lines"  # RESPONSE_FORMATS
 
 
 # ---------------------------------------------------------------- reading the body
@@ -320,6 +325,7 @@ def parse_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFile]]
     options = given_options(given, policy)
     document = _document_options(given, policy)
     block = _CONTROL["block_flag"].default if block is None else block
+    response_format = _control(given, "response_format") or policy.response_format
     image: bytes | None = None
     filename: str | None = None
     if file_type == "file":
@@ -330,28 +336,32 @@ def parse_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFile]]
             _check_batch_size(len(uploads), "'file' parts", policy)
             items = tuple(_batch_item(lambda body=upload["body"]: _sized(body, policy))
                           for upload in uploads)
-            return OcrRequest(file_type, None, None, options, model, block, document, items)
+            return OcrRequest(file_type, None, None, options, model, block, document, items,
+                              response_format)
         image = uploads[0]["body"]
     elif file_type == "base64":
         source = given.get("img_src")
         if isinstance(source, list):
             items = tuple(_batch_item(lambda value=value: _sized(decode_base64(value), policy))
                           for value in _batch_list(source, "img_src", policy))
-            return OcrRequest(file_type, None, None, options, model, block, document, items)
+            return OcrRequest(file_type, None, None, options, model, block, document, items,
+                              response_format)
         image = decode_base64(source)
     else:
         source = "filename" if "filename" in given else "img_src"
         if source == "img_src" and isinstance(given.get(source), list):
             items = tuple(BatchItem(filename=name)
                           for name in _batch_list(given[source], source, policy))
-            return OcrRequest(file_type, None, None, options, model, block, document, items)
+            return OcrRequest(file_type, None, None, options, model, block, document, items,
+                              response_format)
         filename = given.get(source)
         if not isinstance(filename, str):
             raise ApiError("missing_field", "file_type=filename needs the path in 'filename'")
         _control(given, source)
     if image is not None:
         _check_size(image, policy)
-    return OcrRequest(file_type, image, filename, options, model, block, document)
+    return OcrRequest(file_type, image, filename, options, model, block, document,
+                      response_format=response_format)
 
 
 async def load_image(request: OcrRequest, policy: RequestPolicy) -> bytes:

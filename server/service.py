@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Generator
@@ -32,7 +33,15 @@ from typing import Any
 
 from .errors import CATALOGUE, ApiError, error_info
 from .pool import Lane
-from .store import InflightRuns, Outcome, ResultCache, SpooledRequest, TaskState, TaskStore
+from .store import (
+    InflightRuns,
+    Outcome,
+    ResultCache,
+    SpooledRequest,
+    TaskState,
+    TaskStore,
+    encode_result,
+)
 
 log = logging.getLogger("ppocr.service")
 
@@ -53,23 +62,40 @@ def new_task_id() -> str:
 
 class Reading:
     """A result on its way, from `OcrService.begin`: awaiting it gives (result, cached) or
-    raises ApiError. Awaiting never cancels the run it waits for (the run still fills the
-    cache), so a reading may be abandoned."""
+    raises ApiError; `encoded()` gives the result's JSON encoding instead (a cache hit is then
+    answered without decoding or encoding anything). Awaiting never cancels the run it waits
+    for (the run still fills the cache), so a reading may be abandoned."""
 
-    def __init__(self, hit: dict | None = None, run: asyncio.Future | None = None) -> None:
+    def __init__(self, hit: bytes | None = None, run: asyncio.Future | None = None) -> None:
         self._hit = hit
         self._run = run
+
+    @property
+    def cached(self) -> bool:
+        """Whether the result is already here (a cache hit)."""
+        return self._run is None
 
     def __await__(self) -> Generator[Any, None, tuple[dict, bool]]:
         return self._wait().__await__()
 
     async def _wait(self) -> tuple[dict, bool]:
         if self._run is None:
+            return json.loads(self._hit), True
+        outcome = await self._outcome()
+        return outcome.result, False
+
+    async def encoded(self) -> tuple[bytes, bool]:
+        """(the result's `encode_result` bytes, cached) or raises ApiError."""
+        if self._run is None:
             return self._hit, True
+        outcome = await self._outcome()
+        return outcome.body, False
+
+    async def _outcome(self) -> Outcome:
         outcome = await asyncio.shield(self._run)
         if outcome.error is not None:
             raise ApiError.from_info(outcome.error)  # a fresh error for every caller
-        return outcome.result, False
+        return outcome
 
 
 class OcrService:
@@ -117,7 +143,7 @@ class OcrService:
         task_id = self._new_id()
         hit = await self.cache.get(key)
         if hit is not None:
-            await self.tasks.create(task_id, Outcome(result=hit))
+            await self.tasks.create(task_id, Outcome(result=json.loads(hit), body=hit))
             return task_id
         await self.tasks.create(task_id)  # may refuse (store full) before any work starts
         try:
@@ -227,8 +253,10 @@ class OcrService:
                               info.details)
                 outcome = Outcome(error=info)
             else:
-                outcome = Outcome(result=done.result())
-                await self.cache.put(key, outcome.result)
+                result = done.result()
+                # Encoded once, here: the cache keeps these bytes and responses splice them.
+                outcome = Outcome(result=result, body=encode_result(result))
+                await self.cache.put(key, outcome.body)
                 self.results_stored += 1
             outcome_future.set_result(outcome)
 

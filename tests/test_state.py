@@ -16,7 +16,7 @@ import pytest
 from server.errors import INTERNAL_MESSAGE, ApiError, ErrorInfo, error_info
 from server.pool import Lane
 from server.service import OcrService, request_key
-from server.store import InflightRuns, Outcome
+from server.store import InflightRuns, Outcome, encode_result
 from server.store.memory import MemoryResultCache, MemoryTaskStore, TaskStoreFull
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -398,7 +398,7 @@ def test_cancelled_reader_does_not_cancel_the_run_and_its_result_is_cached():
         assert not h.submit.futures[0].cancelled()
         h.submit.resolve(0, RESULT)
         assert (await running).result == RESULT
-        assert await h.cache.get(KEY) == RESULT
+        assert await h.cache.get(KEY) == encode_result(RESULT)
 
     run(scenario())
 
@@ -522,7 +522,7 @@ def test_result_fills_the_cache_even_when_no_caller_awaits():
         assert running is not None
         h.submit.resolve(0, RESULT)
         await running
-        assert await h.cache.get(KEY) == RESULT
+        assert await h.cache.get(KEY) == encode_result(RESULT)
         assert await h.service.read(KEY, "job") == (RESULT, True)
         assert len(h.submit.calls) == 1
 

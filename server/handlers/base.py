@@ -189,6 +189,20 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(json.dumps(body, ensure_ascii=False))
 
+    def send_raw(self, body: bytes, status: int = 200) -> None:
+        """Answers `body`, already encoded JSON."""
+        self.set_status(status)
+        self.finish(body)
+
+    def send_encoded(self, head: dict, encoded: bytes, status: int = 200) -> None:
+        """Answers the JSON object `head` followed by the fields of `encoded`, an already
+        encoded JSON object (store.encode_result), without decoding it; `encoded`'s fields
+        follow head's (a field in both appears twice: keep them apart)."""
+        self.set_status(status)
+        prefix = json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode()
+        rest = encoded[1:].lstrip()
+        self.finish(prefix[:-1] + (b"," + rest if rest[:1] != b"}" else b"}"))
+
     def write_error(self, status_code: int, **kwargs) -> None:
         error = to_api_error(kwargs.get("exc_info", (None, None, None))[1], status_code)
         self.set_status(error.status)

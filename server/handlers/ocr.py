@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import re
 import time
 from collections.abc import Awaitable
@@ -54,6 +55,9 @@ class OcrServiceHandler(BaseHandler):
         key = request_key(image, request.options.cache_key(), request.model)
         job = OcrJob(image, request.options, request.model)
         ocr = self.ctx.services.ocr
+        if request.response_format == "original":
+            await self._original(request, key, job)
+            return
         if not request.block:
             task_id = await ocr.submit_task(key, job, self.request_id)
             self.send_json({"id": task_id, "status": "pending",
@@ -61,13 +65,27 @@ class OcrServiceHandler(BaseHandler):
             return
         timeout = self.ctx.http.request_timeout
         try:
-            result, cached = await asyncio.wait_for(ocr.read(key, job, self.request_id), timeout)
+            reading = await ocr.begin(key, job, self.request_id)
+            body, cached = await asyncio.wait_for(reading.encoded(), timeout)
         except TimeoutError:
             raise ApiError("timeout", f"no result within {timeout:g} s; the image is still "
                            "being read and will be cached") from None
-        self.log_fields = {"cached": cached,
-                           "engine_ms": result.get("timings_ms", {}).get("total")}
-        self.send_json(done_body(new_task_id(), result, cached, started))
+        self.log_fields = {"cached": cached}
+        # The result's stored encoding is spliced in as it is: a cache hit costs no decoding
+        # and no encoding, only this short header.
+        self.send_encoded(done_head(new_task_id(), cached, started), body)
+
+    async def _original(self, request: OcrRequest, key: str, job: OcrJob) -> None:
+        """The original server's answer: its bare list, or null for a non-blocking submit
+        whose result is not cached yet (the original answered a re-sent request with the
+        result once it was read; so does this: the run fills the cache)."""
+        reading = await self.ctx.services.ocr.begin(key, job, self.request_id)
+        if not request.block and not reading.cached:
+            self.send_raw(b"null")
+            return
+        result, cached = await self._within_timeout(reading)
+        self.log_fields = {"cached": cached}
+        self.send_raw(original_body(result))
 
     async def _document(self, request: OcrRequest, data: bytes, started: float) -> None:
         ocr = self.ctx.services.ocr
@@ -81,12 +99,15 @@ class OcrServiceHandler(BaseHandler):
                 await ocr.discard_task(task_id)
                 raise
             ocr.run_task(task_id, _with_cached(reading))
-            self._pending(task_id)
+            self._pending(task_id, request)
             return
         reader = self._reader(request)
         result, cached = await self._within_timeout(self._read_now(reader, data))
         self.log_fields = {"cached": cached, "engine_ms": round(reader.engine_ms, 1)}
-        self.send_json(done_body(new_task_id(), result, cached, started))
+        if request.response_format == "original":
+            self.send_raw(original_body(result))
+        else:
+            self.send_json(done_body(new_task_id(), result, cached, started))
 
     async def _batch(self, request: OcrRequest, started: float) -> None:
         ocr = self.ctx.services.ocr
@@ -94,14 +115,17 @@ class OcrServiceHandler(BaseHandler):
             task_id = await ocr.new_task(spool_request(request))
             reader = self._reader(request, functools.partial(ocr.report_progress, task_id))
             ocr.run_task(task_id, reader.read_batch())
-            self._pending(task_id)
+            self._pending(task_id, request)
             return
         reader = self._reader(request)
         result = await self._within_timeout(reader.read_batch())
         self.log_fields = {"cached": all(entry.get("cached") is True
                                          for entry in result["results"]),
                            "engine_ms": round(reader.engine_ms, 1)}
-        self.send_json(batch_body(new_task_id(), result, started))
+        if request.response_format == "original":
+            self.send_raw(original_body(result))
+        else:
+            self.send_json(batch_body(new_task_id(), result, started))
 
     @staticmethod
     async def _read_now(reader: RequestReader, data: bytes) -> tuple[dict, bool]:
@@ -121,7 +145,10 @@ class OcrServiceHandler(BaseHandler):
                              window=window_for(pool.config.size, pool.config.queue_size),
                              request_id=self.request_id, progress=progress)
 
-    def _pending(self, task_id: str) -> None:
+    def _pending(self, task_id: str, request: OcrRequest) -> None:
+        if request.response_format == "original":
+            self.send_raw(b"null")  # the original's non-blocking answer
+            return
         self.send_json({"id": task_id, "status": "pending",
                         "result_url": self.reverse_url("task", task_id)}, status=202)
 
@@ -150,6 +177,34 @@ class TaskHandler(BaseHandler):
             self.send_json(batch_body(task_id, result))
         else:
             self.send_json(done_body(task_id, result, False))
+
+
+def original_lines(result: dict) -> list:
+    """A result in the original server's shape: [[box, [text, score]], ...], each box four
+    [x, y] float pairs (PaddleOCR's dt_boxes as the original sent them). A document's are
+    every page's lines, in page order."""
+    pages = result.get("pages")
+    if isinstance(pages, list):
+        return [line for page in pages for line in original_lines(page)]
+    return [[[[float(x), float(y)] for x, y in line["box"]], [line["text"], line["confidence"]]]
+            for line in result.get("lines", ())]
+
+
+def original_body(result: dict) -> bytes:
+    """The original's answer to an image or a document; `ensure_ascii` off, as it wrote it.
+    A batch (ours only) is one list per item, in order, null for an item that failed."""
+    if "results" in result:
+        shape: list = [None if "error" in entry else original_lines(entry)
+                       for entry in result["results"]]
+    else:
+        shape = original_lines(result)
+    return json.dumps(shape, ensure_ascii=False).encode()
+
+
+def done_head(task_id: str, cached: bool, started: float) -> dict:
+    """The fields an image's answer puts before its result's own (see `done_body`)."""
+    return {"id": task_id, "status": "done", "cached": cached,
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
 def done_body(task_id: str, result: dict, cached: bool, started: float | None = None) -> dict:

@@ -1,8 +1,10 @@
 """Where results and state live, behind three small interfaces (DESIGN.md, "State").
 
-- `ResultCache`: request key -> result, with a TTL. Keys are content hashes (image bytes +
-  options + model), so the cache is shared by every client that sends the same image the same
-  way: one client's result answers another's identical request.
+- `ResultCache`: request key -> the result's JSON encoding (bytes), with a TTL. Keys are
+  content hashes (image bytes + options + model), so the cache is shared by every client that
+  sends the same image the same way: one client's result answers another's identical request.
+  It holds the encoded body, not the dict, so a hit is answered without encoding anything
+  again, and a shared store (Redis) keeps exactly those bytes.
 - `TaskStore`: task id -> pending (with its progress, for a document or a batch: how many of
   its pages or items are done) | done(result) | failed(ErrorInfo), kept `task_ttl` after it
   ends. Ids are random per accepted submission, never derived from the content, so holding the
@@ -21,8 +23,9 @@ Outcomes hold error data, never exception objects.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..errors import ErrorInfo
@@ -30,10 +33,18 @@ from ..errors import ErrorInfo
 
 @dataclass(frozen=True)
 class Outcome:
-    """A finished run: the engine's result dict, or the error it ended with (as data)."""
+    """A finished run: the engine's result dict, or the error it ended with (as data). A run's
+    outcome also carries the result's JSON encoding (`body`), made once when it ended and
+    stored in the cache; a stored task's outcome may have none."""
 
     result: dict | None = None
     error: ErrorInfo | None = None
+    body: bytes | None = field(default=None, repr=False, compare=False)
+
+
+def encode_result(result: dict) -> bytes:
+    """The one JSON encoding of a result: what the cache stores and a response splices in."""
+    return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,10 @@ class SpoolLost(Exception):
 
 
 class ResultCache(Protocol):
-    async def get(self, key: str) -> dict | None: ...
-    async def put(self, key: str, result: dict) -> None: ...
+    """request key -> `encode_result` bytes (opaque to the cache)."""
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def put(self, key: str, body: bytes) -> None: ...
     def stats(self) -> dict: ...
 
 

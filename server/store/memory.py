@@ -26,17 +26,17 @@ class MemoryResultCache:
                                         if size > 0 and ttl > 0 else None)
         self.hits = self.misses = 0
 
-    async def get(self, key: str) -> dict | None:
-        result = self._cache.get(key) if self._cache is not None else None
-        if result is None:
+    async def get(self, key: str) -> bytes | None:
+        body = self._cache.get(key) if self._cache is not None else None
+        if body is None:
             self.misses += 1
         else:
             self.hits += 1
-        return result
+        return body
 
-    async def put(self, key: str, result: dict) -> None:
+    async def put(self, key: str, body: bytes) -> None:
         if self._cache is not None:
-            self._cache[key] = result
+            self._cache[key] = body
 
     def stats(self) -> dict:
         return {"cache_entries": len(self._cache) if self._cache is not None else 0,
