@@ -23,6 +23,7 @@ from ocr_engine.options import OcrOptions, option_spec
 MIN_DPI, MAX_DPI = 50, 600
 # POST /ocr_service's answer: ours, or the original server's bare list (service.response_format).
 RESPONSE_FORMATS = ("lines", "original")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,9 @@ class WebServerConfig:
                                low=0.1, high=3600)
     log_format: str = _key("text", "log lines as text, or json (one object per line, with the "
                            "access log's fields) for log shippers", choices=("text", "json"))
+    event_loop: str = _key("auto", "the front end's event loop: uvloop (needs the uvloop "
+                           "package), asyncio, or auto: uvloop when it is installed",
+                           choices=EVENT_LOOPS)
     metrics: bool = _key(True, "serve Prometheus metrics at GET /metrics; false = 404")
     metrics_public: bool = _key(False, "true: /metrics answers without api_token (a scraper on "
                                 "a trusted network needs no secret)")

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from ocr_engine import ModelNotFoundError, PdfSandbox, custom_model_paths, resolve_model_set
 
@@ -225,10 +226,32 @@ async def serve(config: Config) -> int:
 def run(config: Config) -> int:
     configure_logging(config.web_server.log_format)
     try:
-        return asyncio.run(serve(config))
+        loop_factory = event_loop_factory(config.web_server.event_loop)
+    except ImportError:
+        print("error: web_server.event_loop is uvloop, but the uvloop package is not installed",
+              file=sys.stderr)
+        return EXIT_BOOT_FAILURE
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(serve(config))
     except ModelNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BOOT_FAILURE
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for "uvloop" (ImportError when it is missing) and for "auto" when it is
+    installed; None (asyncio's own) otherwise. Tornado runs on either. uvloop cut the CPU a
+    cache hit costs the front end (docs/BENCHMARKS.md, "Cache hits")."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
 
 
 __all__ = ["run", "serve", "build_engine_spec", "build_context", "build_http_server",
