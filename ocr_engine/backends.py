@@ -31,8 +31,58 @@ from .errors import BackendSetupError, ModelNotFoundError
 
 class InferenceSession(Protocol):
     metadata: dict[str, str]
+    # The model's declared input shape, None for each dynamic dimension (and for a runtime that
+    # does not say): the stages read fixed sizes off it instead of assuming them.
+    input_shape: tuple[int | None, ...] | None
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+# The engine's stages, each with its own session (and so its own precision).
+STAGES = ("det", "cls", "rec")
+PRECISIONS = ("f32", "bf16")
+
+
+@dataclass(frozen=True)
+class StagePrecision:
+    """The compute precision of each stage's session. f32 everywhere is the only one every
+    backend has (onnxruntime and paddle compute in f32 only: their CPU kernels here have no
+    bf16 path for these models, so "precision" for them is always f32)."""
+
+    det: str = "f32"
+    cls: str = "f32"
+    rec: str = "f32"
+
+    def __post_init__(self) -> None:
+        for stage in STAGES:
+            if getattr(self, stage) not in PRECISIONS:
+                raise ValueError(f"precision of {stage}: must be one of "
+                                 f"{', '.join(PRECISIONS)}, got {getattr(self, stage)!r}")
+
+    @classmethod
+    def uniform(cls, precision: str) -> StagePrecision:
+        return cls(precision, precision, precision)
+
+    @classmethod
+    def parse(cls, text: str) -> StagePrecision:
+        """"f32", "bf16", or per stage as describe() writes it: "det=bf16,cls=f32,rec=f32"."""
+        if "=" not in text:
+            return cls.uniform(text)
+        parts = dict(part.split("=", 1) for part in text.split(",") if part)
+        unknown = set(parts) - set(STAGES)
+        if unknown:
+            raise ValueError(f"precision: unknown stage(s) {', '.join(sorted(unknown))}")
+        return cls(**parts)
+
+    def used(self) -> set[str]:
+        return {getattr(self, stage) for stage in STAGES}
+
+    def describe(self) -> str:
+        """"f32" or "bf16" when every stage has it, else each stage's: "det=bf16,cls=f32,...".
+        """
+        if len(self.used()) == 1:
+            return self.det
+        return ",".join(f"{stage}={getattr(self, stage)}" for stage in STAGES)
 
 
 @dataclass(frozen=True)
@@ -44,13 +94,23 @@ class Backend:
     loads_derived_files: bool
     package: str  # the distribution that provides the runtime, for version reports
     runtime_module: str  # what the factory imports (bench times the import on its own)
-    # (model path, threads) -> session; imports the runtime only when called.
-    factory: Callable[[Path, int], InferenceSession] = field(repr=False)
+    # (model path, threads, precision) -> session; imports the runtime only when called.
+    factory: Callable[[Path, int, str], InferenceSession] = field(repr=False)
     # Environment variables the runtime reads when it loads (set before it is imported).
     environment: Callable[[int], dict[str, str]] = field(repr=False)
+    # The compute precisions its sessions can run at ("f32" first: every backend has it).
+    precisions: tuple[str, ...] = ("f32",)
+    # True: the runtime keeps compiled kernels per input shape without bound, so the stages
+    # round their inputs up to a few bucket shapes (buckets.py) for it.
+    bounded_shapes: bool = False
 
-    def open_session(self, path: Path, threads: int) -> InferenceSession:
-        return self.factory(Path(path), threads)
+    def open_session(self, path: Path, threads: int, precision: str = "f32"
+                     ) -> InferenceSession:
+        if precision not in self.precisions:
+            raise BackendSetupError(
+                f"backend {self.name!r} computes in {', '.join(self.precisions)} only, not "
+                f"{precision!r}")
+        return self.factory(Path(path), threads, precision)
 
 
 # onnxruntime's CPU arena keeps the peak of every run: after the worst inputs the limits allow,
@@ -82,7 +142,9 @@ class OnnxSession:
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(path), options,
                                              providers=["CPUExecutionProvider"])
-        self._input = self._session.get_inputs()[0].name
+        declared = self._session.get_inputs()[0]
+        self._input = declared.name
+        self.input_shape = declared_shape(declared.shape)
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -125,6 +187,7 @@ class PaddleSession:
         self._predictor = inference.create_predictor(config)
         self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
         self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
+        self.input_shape = _paddle_input_shape(self._input)
         self.metadata = {}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -132,6 +195,94 @@ class PaddleSession:
         self._input.copy_from_cpu(batch)
         self._predictor.run()
         return self._output.copy_to_cpu()
+
+
+# OpenVINO CPU runtime-cache entries (see OpenVinoSession); 0 = none kept.
+OPENVINO_RUNTIME_CACHE = 0
+
+
+class OpenVinoSession:
+    """OpenVINO's CPU plugin reading the ONNX file itself (no conversion step).
+
+    One compiled model per file, dynamic shapes. The plugin keeps the kernels it prepares for
+    each input shape in a runtime cache (5,000 entries by default, hundreds per shape), so
+    every new image shape grew the process: a compiled detector held 0.50 GB after 30 random
+    shapes and 0.91 GB after 120, a recogniser 0.79 GB after 100 batch shapes. With the cache
+    off (CPU_RUNTIME_CACHE_CAPACITY 0) the same runs ended at 0.49 and 0.41 GB, flat once the
+    largest shape has been seen (bench/openvino_checks.py cache-rss). Rounding the inputs up
+    to bucket shapes (buckets.py) would bound the cache too, but the padding changed the text
+    of 27 of the 53 conforming eval pages (detection padding alone), so it is off
+    (`bounded_shapes`). The price of no cache: a shape seen before is prepared again. On
+    varied images (bench/engine.py's set, interleaved, same text throughout) the engine took
+    0.85x onnxruntime's time with the cache off, 0.71x at 200 entries, 0.65x at 1000 and 0.55x
+    with the default 5000: a capacity between is the next thing to measure against the 1 GB
+    bound (docs/BENCHMARKS.md); 0 is the one measured to stay flat.
+
+    LATENCY with one stream and `threads` inference threads: one request at a time, as the
+    engine calls it. Pinning is off: several workers share the cores, and pinned threads of
+    two workers would fight over the same ones.
+
+    Precision: OpenVINO computes in bf16 by default on a CPU with AMX or AVX512_BF16; "f32" asks
+    for f32 explicitly (outputs within 1e-4 of onnxruntime on the same file, tested), "bf16"
+    for bf16 (det and rec 3-4x faster on AMX, measured; probabilities off by up to 4e-2, which
+    changes the text of some eval pages: docs/BENCHMARKS.md).
+    """
+
+    def __init__(self, path: Path, threads: int, precision: str,
+                 runtime_cache: int = OPENVINO_RUNTIME_CACHE) -> None:
+        import openvino
+
+        core = openvino.Core()
+        model = core.read_model(str(path))
+        self.input_shape = declared_shape(
+            [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()])
+        self.metadata = _onnx_metadata(model)
+        compiled = core.compile_model(model, "CPU", {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,
+            "INFERENCE_PRECISION_HINT": precision,
+            "CPU_RUNTIME_CACHE_CAPACITY": runtime_cache,
+        })
+        self._request = compiled.create_infer_request()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        # share_inputs: no copy of the (possibly 100 MB) input; the output is copied out of the
+        # request's buffer, which the next run overwrites.
+        self._request.infer({0: batch}, share_inputs=True)
+        return self._request.get_output_tensor(0).data.copy()
+
+
+def _onnx_metadata(model) -> dict[str, str]:
+    # OpenVINO keeps an ONNX file's metadata_props under rt_info["framework"] (2024+); the rec
+    # model's dictionary ("character") is one of them.
+    try:
+        framework = model.get_rt_info()["framework"]
+        return {str(key): str(value.astype(str)) if hasattr(value, "astype") else str(value)
+                for key, value in framework.items()}
+    except (KeyError, RuntimeError, TypeError, AttributeError):
+        return {}
+
+
+def declared_shape(dims) -> tuple[int | None, ...] | None:
+    """A runtime's declared dimensions as ints, None for each dynamic one (onnxruntime names
+    them with a string or leaves them None; paddle and OpenVINO say -1)."""
+    if dims is None:
+        return None
+    return tuple(d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else None
+                 for d in dims)
+
+
+def _paddle_input_shape(handle) -> tuple[int | None, ...] | None:
+    # paddle.inference's input handle knows its shape only once it has been reshaped: before
+    # that paddle 3.3 answers [0] (measured), older versions raise. Either way the model does
+    # not declare one through this handle.
+    try:
+        dims = list(handle.shape())
+    except Exception:  # noqa: BLE001 - any failure means "not declared"
+        return None
+    return declared_shape(dims) if dims and 0 not in dims else None
 
 
 def paddle_model_files(model_dir: Path) -> tuple[Path, Path]:
@@ -142,16 +293,22 @@ def paddle_model_files(model_dir: Path) -> tuple[Path, Path]:
     raise ModelNotFoundError(f"no inference.pdmodel + inference.pdiparams in {model_dir}")
 
 
-def _open_onnx(path: Path, threads: int) -> InferenceSession:
+def _open_onnx(path: Path, threads: int, precision: str) -> InferenceSession:
     if not path.is_file():
         raise ModelNotFoundError(f"ONNX model file not found: {path}")
     return OnnxSession(path, threads)
 
 
-def _open_paddle(path: Path, threads: int) -> InferenceSession:
+def _open_paddle(path: Path, threads: int, precision: str) -> InferenceSession:
     if not path.is_dir():
         raise ModelNotFoundError(f"Paddle model directory not found: {path}")
     return PaddleSession(path, threads)
+
+
+def _open_openvino(path: Path, threads: int, precision: str) -> InferenceSession:
+    if not path.is_file():
+        raise ModelNotFoundError(f"ONNX model file not found: {path}")
+    return OpenVinoSession(path, threads, precision)
 
 
 def _paddle_environment(threads: int) -> dict[str, str]:
@@ -169,6 +326,12 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({backend.name: backend for ba
     Backend("paddle", "paddle", loads_derived_files=False, package="paddlepaddle",
             runtime_module="paddle.inference", factory=_open_paddle,
             environment=_paddle_environment),
+    # The wheel's own ONNX graphs: OpenVINO fuses them itself, and on our fused graphs it was
+    # slower (2 threads, as a ratio to onnxruntime on the fused graph: det 1.11x fused vs 0.79x
+    # wheel, rec 1.90x vs 0.80x; bench/openvino_checks.py graphs).
+    Backend("openvino", "onnx", loads_derived_files=False, package="openvino",
+            runtime_module="openvino", factory=_open_openvino, environment=lambda threads: {},
+            precisions=("f32", "bf16")),
 )})
 # The names config choices and command lines offer, the default first.
 BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)

@@ -15,6 +15,7 @@ import pyclipper
 from shapely.geometry import Polygon
 
 from .backends import InferenceSession
+from .buckets import ShapeBuckets
 from .geometry import filter_boxes
 from .limits import EngineLimits, detection_size
 from .options import OcrOptions
@@ -31,6 +32,9 @@ class DetInput:
     tensor: np.ndarray  # (1, 3, H, W) float32
     src_height: int
     src_width: int
+    # The resized image's size inside `tensor` when the tensor is padded to a bucket shape
+    # (zeros below and to the right); None: the tensor is the resized image.
+    content_shape: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,13 @@ def resize_for_detection(image: np.ndarray, limit_side_len: int, limit_type: str
 
 class DetPreprocess:
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 limits: EngineLimits | None = None) -> None:
+                 limits: EngineLimits | None = None, buckets: ShapeBuckets | None = None
+                 ) -> None:
         self.mean = np.array(mean, dtype=np.float32).reshape(1, 1, 3)
         self.std = np.array(std, dtype=np.float32).reshape(1, 1, 3)
         self.limits = limits or EngineLimits()
+        # Round the tensor up to a bucket shape (for runtimes that keep kernels per shape).
+        self.buckets = buckets
 
     def __call__(self, image: np.ndarray, options: OcrOptions) -> DetInput:
         src_h, src_w = image.shape[:2]
@@ -77,8 +84,16 @@ class DetPreprocess:
         normalised *= np.float32(1 / 255.0)
         normalised -= self.mean
         normalised /= self.std
-        tensor = np.ascontiguousarray(normalised.transpose(2, 0, 1)[None])
-        return DetInput(tensor, src_h, src_w)
+        height, width = normalised.shape[:2]
+        if self.buckets is None:
+            tensor = np.ascontiguousarray(normalised.transpose(2, 0, 1)[None])
+            return DetInput(tensor, src_h, src_w)
+        bucket_h, bucket_w = self.buckets.det_shape(height, width, self.limits.det_max_side,
+                                                    self.limits.det_max_pixels)
+        # Zero after normalisation is the mean colour: what DB sees past the image is flat.
+        tensor = np.zeros((1, 3, bucket_h, bucket_w), np.float32)
+        tensor[0, :, :height, :width] = normalised.transpose(2, 0, 1)
+        return DetInput(tensor, src_h, src_w, (height, width))
 
 
 def mini_box(contour: np.ndarray) -> tuple[np.ndarray, float]:
@@ -185,6 +200,8 @@ class TextDetector:
     def __call__(self, image: np.ndarray, options: OcrOptions) -> DetectedBoxes:
         det_input = self.preprocess(image, options)
         prob = self.session.run(det_input.tensor)[0, 0]
+        if det_input.content_shape is not None:  # the bucket's padding holds no text
+            prob = prob[:det_input.content_shape[0], :det_input.content_shape[1]]
         del det_input
         boxes, scores = boxes_from_probability_map(prob, image.shape[0], image.shape[1], options)
         kept, indices = filter_boxes(boxes, image.shape[0], image.shape[1])

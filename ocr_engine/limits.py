@@ -73,11 +73,19 @@ def detection_size(height: int, width: int, limit_side_len: int, limit_type: str
 
     First PaddleOCR 2.10's DetResizeForTest type 0: the limited side is brought to
     `limit_side_len` ("max": the longer side down to it, "min": the shorter side up to it), both
-    sides rounded to multiples of 32, at least 32. When that exceeds the limits, the scale is
-    reduced until it fits (both sides then rounded down, so the result is within the limits by
-    construction); the aspect ratio is kept except where a side meets the 32-px floor.
+    sides rounded to multiples of 32, at least 32. "page" is the page preset's rule: the
+    image's own resolution, as PaddleOCR 3.x keeps it, with the longer side brought down to
+    `limit_side_len` where it is larger (the preset's 1280; the arithmetic of "max", under a
+    name of its own so that the default rule can be tuned without changing what "max" means).
+    When that exceeds the limits, the scale is reduced until it fits (both sides then rounded
+    down, so the result is within the limits by construction); the aspect ratio is kept except
+    where a side meets the 32-px floor.
     """
-    if limit_type == "max":
+    if limit_type in ("max", "page"):
+        # Page: 6 pt print on an A4 page squeezed to 960 px is ~7 px high and the detector
+        # loses some of its lines (at 100, 150 and 300 dpi); at 1280 (or the page's own 1169
+        # px at 100 dpi) every line is read. PaddleOCR 3.x's unbounded min/64 reads them too,
+        # at 2.1x the page rule's time on the 300 dpi page (bench/page_rule.py).
         longer = max(height, width)
         ratio = limit_side_len / longer if longer > limit_side_len else 1.0
     else:

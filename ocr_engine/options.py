@@ -25,8 +25,10 @@ from typing import Any
 
 from .errors import InvalidOptionError
 
-LIMIT_TYPES = ("max", "min")
+LIMIT_TYPES = ("max", "min", "page")
 SCORE_MODES = ("fast", "slow")
+TEXT_GRAMMARS = ("none", "plate")
+CLS_LONG_LINES = ("squeeze", "windows")
 MIN_LIMIT_SIDE = 32
 MAX_LIMIT_SIDE = 4096
 
@@ -142,8 +144,11 @@ class OcrOptions:
                             "text line (word crops, licence plates)")
     det_limit_side_len: int = _option(960, "detection resize target in pixels (see "
                                       "det_limit_type)", low=MIN_LIMIT_SIDE, high=MAX_LIMIT_SIDE)
+    # page: the page preset's rule (limits.detection_size), the default through that preset.
     det_limit_type: str = _option("max", "max: longest side at most det_limit_side_len; min: "
-                                  "shortest side at least", choices=LIMIT_TYPES)
+                                  "shortest side at least; page: the image's own size, "
+                                  "longest side at most det_limit_side_len (the page preset)",
+                                  choices=LIMIT_TYPES)
     det_db_thresh: float = _option(0.3, "DB pixel threshold", low=0.0, high=1.0)
     det_db_box_thresh: float = _option(0.6, "DB box score threshold", low=0.0, high=1.0)
     # 0 would give boxes no area; above 10 a box swallows its neighbours.
@@ -154,6 +159,18 @@ class OcrOptions:
     cls_thresh: float = _option(0.9, "classifier score needed to turn a line 180 degrees",
                                 low=0.0, high=1.0)
     drop_score: float = _option(0.5, "lines scoring below this are dropped", low=0.0, high=1.0)
+    # Extension: PaddleOCR squeezes every line into the classifier's 48x192 input, which on
+    # long lines (a page's full-width lines, 35:1) gets the direction wrong.
+    cls_long_lines: str = _option("squeeze", "how the direction classifier reads a line "
+                                  "longer than 4:1: squeeze (whole, PaddleOCR's way) or "
+                                  "windows (up to 4 pieces of 4:1, probabilities averaged; "
+                                  "the page preset)", choices=CLS_LONG_LINES)
+    # Extension: a grammar the text must follow (ocr_engine/plates.py). Plate mode picks the
+    # plate decoder and, by the image's shape, reads it whole or detects with its own settings.
+    text_grammar: str = _option("none", "plate: read Chinese licence plates only (a plate crop "
+                                "is read whole; in a photo, detection uses min/736, dilation "
+                                "and unclip 2.0, and lines that are not plates are dropped)",
+                                choices=TEXT_GRAMMARS)
 
     def __post_init__(self) -> None:
         for spec in OPTION_SPECS:

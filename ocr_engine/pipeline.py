@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .backends import get_backend
+from .backends import StagePrecision, get_backend
+from .buckets import ShapeBuckets
 from .cls import TextClassifier
 from .crops import ArrayCrops, BoxCrops, Crops
 from .det import DetPreprocess, TextDetector
@@ -28,6 +29,7 @@ from .limits import EngineLimits, detection_size
 from .memory import LARGE_CALL_PIXELS, release_freed_memory
 from .models import ModelPaths
 from .options import OcrOptions
+from .plates import PlateDecoder, plate_reading_options
 from .rec import CtcGreedyDecoder, Decoder, TextRecognizer, build_charset, read_dictionary
 
 Point = tuple[int, int]
@@ -70,6 +72,8 @@ class EngineConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     defaults: OcrOptions = OcrOptions()
     limits: EngineLimits = EngineLimits()
+    # Each stage's compute precision; anything but f32 only on a backend that has it.
+    precision: StagePrecision = StagePrecision()
 
 
 @dataclass(frozen=True)
@@ -87,17 +91,21 @@ class OcrEngine:
         self.config = config
         models, limits = config.models, config.limits
         backend = get_backend(models.backend)
-        det_session = backend.open_session(models.det, config.threads)
-        rec_session = backend.open_session(models.rec, config.threads)
-        self.detector = TextDetector(det_session, DetPreprocess(limits=limits))
+        precision = config.precision
+        det_session = backend.open_session(models.det, config.threads, precision.det)
+        rec_session = backend.open_session(models.rec, config.threads, precision.rec)
+        # Bucket shapes only for a runtime that keeps kernels per input shape (backends.py).
+        buckets = ShapeBuckets() if backend.bounded_shapes else None
+        self.detector = TextDetector(det_session, DetPreprocess(limits=limits, buckets=buckets))
         self.charset = build_charset(_dictionary(models, rec_session))
         # What ocr() decodes with unless the call passes another decoder.
         self.default_decoder = CtcGreedyDecoder(self.charset)
-        self.recognizer = TextRecognizer(rec_session, models.rec_image_shape,
-                                         config.rec_batch_size, limits)
+        self._plate_decoder: PlateDecoder | None = None  # built on first use: plate_decoder
+        self.recognizer = TextRecognizer(rec_session, rec_input_shape(models, rec_session),
+                                         config.rec_batch_size, limits, buckets)
         self.classifier = None
         if models.cls is not None:
-            cls_session = backend.open_session(models.cls, config.threads)
+            cls_session = backend.open_session(models.cls, config.threads, precision.cls)
             self.classifier = TextClassifier(cls_session, batch_size=config.cls_batch_size,
                                              limits=limits)
 
@@ -128,8 +136,14 @@ class OcrEngine:
         """Reads an (H, W, 3) BGR uint8 image; `decoder` turns the recogniser's per-frame
         probabilities into text (default: greedy CTC over the model's dictionary)."""
         options = options or self.config.defaults
-        decoder = decoder or self.default_decoder
         height, width = image.shape[:2]
+        # Plate mode: the plate decoder, and a crop read whole or a photo detected with the
+        # plate settings (plates.plate_reading_options); lines that are no plate are dropped.
+        plates = decoder is None and options.text_grammar == "plate"
+        if plates:
+            decoder = self.plate_decoder
+            options = plate_reading_options(options, height, width)
+        decoder = decoder or self.default_decoder
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         start = clock
@@ -150,19 +164,28 @@ class OcrEngine:
         lines: list[TextLine] = []
         if len(crops):
             if options.use_angle_cls and self.classifier is not None:
-                directions = self.classifier(crops, options.cls_thresh)
+                directions = self.classifier(crops, options.cls_thresh,
+                                             windows=options.cls_long_lines == "windows")
                 crops = crops.turned(i for i, d in enumerate(directions) if d.turned)
                 lap("cls")
             recognised = self.recognizer(crops, decoder)
             lap("rec")
             for box, recognition in zip(boxes, recognised):
-                if recognition.score >= options.drop_score:
+                if recognition.score >= options.drop_score and (recognition.text or not plates):
                     points = tuple((int(x), int(y)) for x, y in box)
                     lines.append(TextLine(recognition.text, recognition.score, points))
         if self._is_large(image, options):
             release_freed_memory()
         timings["total"] = (time.perf_counter() - start) * 1000
         return OcrResult(width, height, lines, timings)
+
+    @property
+    def plate_decoder(self) -> PlateDecoder:
+        """The plate decoder for this engine's charset, built on first use (most engines never
+        read a plate) and then reused: it holds only tables derived from the charset."""
+        if self._plate_decoder is None:
+            self._plate_decoder = PlateDecoder(self.charset)
+        return self._plate_decoder
 
     def _is_large(self, image: np.ndarray, options: OcrOptions) -> bool:
         det_h, det_w = ((0, 0) if not options.use_det else detection_size(
@@ -177,6 +200,22 @@ class OcrEngine:
         boxes = detected.boxes[order].reshape(-1, 4, 2)
         return TextLines(boxes, BoxCrops(image, boxes),
                          tuple(detected.scores[i] for i in order))
+
+
+def rec_input_shape(models: ModelPaths, rec_session) -> tuple[int, int, int]:
+    """The recogniser's (channels, height, base width): the height the model declares, else
+    the one its set (or custom config) gives. A recogniser reads well only at the height it was
+    trained for. PP-OCRv5 and later declare it (and refuse any other); the PP-OCRv2..v4 ONNX
+    graphs leave it dynamic and run at any height, PP-OCRv2's reading garbage at 48, so for
+    them the set's value stands: 32 for v2, 48 after. The width is dynamic in every set (padded
+    per batch, never below the base). A session that declares no shape (a test double) counts
+    as dynamic."""
+    declared = getattr(rec_session, "input_shape", None)
+    channels, height, width = models.rec_image_shape
+    if declared is not None and len(declared) == 4 and isinstance(declared[2], int) \
+            and declared[2] > 0:
+        height = declared[2]
+    return channels, height, width
 
 
 def _dictionary(models: ModelPaths, rec_session) -> list[str]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .backends import InferenceSession
 from .batching import normalised_padded, plan_batches, resize_norm_padded
+from .buckets import ShapeBuckets
 from .crops import Crops, as_crops
 from .limits import EngineLimits
 
@@ -100,9 +101,12 @@ class TextRecognizer:
     """crops + decoder -> [Recognition] in input order."""
 
     def __init__(self, session: InferenceSession, image_shape=(3, 48, 320), batch_size: int = 6,
-                 limits: EngineLimits | None = None) -> None:
+                 limits: EngineLimits | None = None, buckets: ShapeBuckets | None = None
+                 ) -> None:
         limits = limits or EngineLimits()
         self.session = session
+        # Batch widths rounded up to a bucket (for runtimes that keep kernels per shape).
+        self.buckets = buckets
         self.height, self.min_width = image_shape[1], image_shape[2]
         self.batch_size = batch_size
         self.max_width = limits.rec_max_width
@@ -149,6 +153,7 @@ class TextRecognizer:
         padded = [int(self.height * max(min_ratio, ratios[i])) for i in order]
         # Sorted by ratio, so the lines too wide to read whole are the tail of `order`.
         whole = sum(1 for width in padded if width <= self.max_width)
+        padded[:whole] = [self._bucket(width) for width in padded[:whole]]
         for batch in plan_batches(padded[:whole], self.height, self.batch_size,
                                   self.max_batch_pixels):
             indices = order[batch]
@@ -161,6 +166,10 @@ class TextRecognizer:
             yield RecBatch(tuple(pieces), np.stack(rows))
         for index in order[whole:]:
             yield from self._line_batches(int(index), crops[index])
+
+    def _bucket(self, width: int) -> int:
+        # Never past max_width: a bucket must not build a wider tensor than the limits allow.
+        return width if self.buckets is None else self.buckets.rec_width(width, self.max_width)
 
     def _columns(self, shape: tuple[int, ...]) -> int:
         """The line's width at the model's height, as resize_norm_padded rounds it."""
@@ -184,7 +193,7 @@ class TextRecognizer:
         spans = self.spans(columns)
         widths = [stop - start for start, stop in spans]
         for batch in plan_batches(widths, self.height, self.batch_size, self.max_batch_pixels):
-            padded = max(self.min_width, *(widths[k] for k in batch))
+            padded = self._bucket(max(self.min_width, *(widths[k] for k in batch)))
             pieces, rows = [], []
             for k in batch:
                 start, stop = spans[k]

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ocr_engine import EngineLimits, InvalidOptionError
-from ocr_engine.backends import BACKEND_NAMES, DEFAULT_BACKEND
+from ocr_engine.backends import BACKEND_NAMES, PRECISIONS, get_backend
 from ocr_engine.options import OcrOptions, option_spec
+from ocr_engine.presets import DEFAULT_PRESET, PRESET_NAMES
 
 # Rendering resolution of document pages (config default and the request's `dpi` field).
 MIN_DPI, MAX_DPI = 50, 600
@@ -109,7 +110,18 @@ class ProcessConfig:
 
 @dataclass(frozen=True)
 class PredictSystemConfig:
-    backend: str = _key(DEFAULT_BACKEND, "inference backend", choices=BACKEND_NAMES)
+    backend: str = _key("auto", "inference backend; auto: at first start each installed "
+                        "backend (onnxruntime, openvino, paddle if installed) is timed at "
+                        "`precision` on a calibration page and the fastest that reads it like "
+                        "onnxruntime in f32 is used (the choice is stored in service.state_dir "
+                        "and shown in /ready)", choices=("auto", *BACKEND_NAMES))
+    precision: str = _key("f32", "compute precision: f32 (every backend; identical text); "
+                          "bf16 (openvino only, on AMX or AVX512_BF16 about twice as fast, "
+                          "scores off by up to 0.04, text may change); auto: bf16 for the "
+                          "stages measured to keep the eval set's text (openvino: cls only) "
+                          "where the CPU has native bf16, else f32. onnxruntime and paddle "
+                          "compute in f32 only: for them auto is f32 and bf16 is refused",
+                          choices=(*PRECISIONS, "auto"))
     model: str = _key("ppocr-v4", "default model set (models/manifest.json), or the name given "
                       "to det_model_dir/rec_model_dir models")
     models: list = _key([], "further model sets every worker loads; a request picks one with "
@@ -123,6 +135,9 @@ class PredictSystemConfig:
     rec_char_dict_path: str | None = _key(None, "dictionary file for a custom recognition "
                                           "model (not needed when the ONNX model carries one)",
                                           nullable=True)
+    rec_image_shape: str = _key("3, 48, 320", "a custom recognition model's input (PaddleOCR's "
+                                "name and form): 3, 32, 320 for PP-OCRv2 and older; a model "
+                                "that declares its height is read at that height")
     enable_mkldnn: bool = _key(True, "kept for the original's configs: the paddle backend always "
                                "uses oneDNN (without it inference is ~5x slower)")
     rec_batch_num: int = _key(6, "recognition batch size (PaddleOCR's default 6)", low=1, high=64)
@@ -140,6 +155,9 @@ class PredictSystemConfig:
                                      "ocr.process.task_timeout; null = 30 s or half the task "
                                      "timeout, whichever is less", low=1, high=3600,
                                      nullable=True, kind=float)
+    preset: str = _key(DEFAULT_PRESET, "the option bundle requests start from unless they name "
+                       "one (README, Presets); the option keys below, where this file sets "
+                       "them, apply over it", choices=PRESET_NAMES)
     # PaddleOCR's options: default, range and description come from ocr_engine.options.
     use_angle_cls: bool = _option("use_angle_cls")
     det_limit_side_len: int = _option("det_limit_side_len")
@@ -167,6 +185,18 @@ class PredictSystemConfig:
     cls_max_batch_pixels: int = _limit("cls_max_batch_pixels", "batch x height x width of one "
                                        "direction-classifier batch")
 
+    def rec_shape(self) -> tuple[int, int, int]:
+        """rec_image_shape as (channels, height, width); ConfigError when malformed."""
+        parts = [part.strip() for part in self.rec_image_shape.split(",")]
+        if len(parts) != 3 or not all(part.isascii() and part.isdigit() for part in parts):
+            raise ConfigError("ocr.predict_system.rec_image_shape: expected three integers "
+                              f"such as \"3, 48, 320\", got {self.rec_image_shape[:40]!r}")
+        channels, height, width = (int(part) for part in parts)
+        if channels != 3 or not 8 <= height <= 256 or not 8 <= width <= 4096:
+            raise ConfigError("ocr.predict_system.rec_image_shape: channels must be 3, height "
+                              "8 to 256, width 8 to 4096")
+        return channels, height, width
+
     def pdf_timeout_s(self, task_timeout: float) -> float:
         """The PDF sandbox's time budget: the configured one, else 30 s or half the task
         timeout (the child must be killed before the pool kills the worker)."""
@@ -179,9 +209,16 @@ class PredictSystemConfig:
         except ValueError as exc:
             raise ConfigError(f"ocr.predict_system.{exc}") from None
 
+    # Which of the option keys config.json sets (filled by load_config; not a key itself).
+    given_options: tuple = field(default=(), metadata={"internal": True})
+
     def default_options(self) -> OcrOptions:
         names = {f.name for f in dataclasses.fields(OcrOptions)}
         return OcrOptions(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+    def configured_options(self) -> dict[str, Any]:
+        """The option keys config.json sets, with their values (they apply over the preset)."""
+        return {name: getattr(self, name) for name in self.given_options}
 
 
 @dataclass(frozen=True)
@@ -212,6 +249,27 @@ class ServiceConfig:
     state_dir: str = _key("state", "folder of the server's lasting state (SQLite files of the "
                           "folder jobs and of non-blocking document and batch tasks, their "
                           "spooled inputs), relative to the config file; created at start")
+    redis_url: str | None = _key(None, "a Redis shared by every node (redis://[:password@]host:"
+                                 "port/db, rediss:// for TLS): the result cache, tasks readable "
+                                 "on any node and cross-node sharing of identical runs; null = "
+                                 "all in this process (docs/DEPLOY.md)", nullable=True, kind=str)
+    redis_prefix: str = _key("ppocr:", "prefix of every Redis key this service writes (several "
+                             "deployments can share one Redis)")
+    redis_timeout: float = _key(0.5, "seconds one Redis command may take; past it (or on a "
+                                "connection error) the node serves on its own until Redis "
+                                "answers again", low=0.01, high=60)
+    redis_l1_size: int = _key(100, "results kept in this node's memory in front of Redis (so a "
+                              "hot image costs no round trip), and the node's whole cache while "
+                              "Redis is down; 0 = every hit asks Redis", low=0, high=10**7)
+    redis_claim_ttl: float = _key(10.0, "seconds a node's claim on a run lasts unless renewed "
+                                  "(every third of it while the run lasts): how long the other "
+                                  "nodes wait before taking over a dead node's run", low=0.5,
+                                  high=3600)
+    redis_poll: float = _key(0.5, "seconds between a waiting node's checks of another node's run "
+                             "(besides the completion message it is sent)", low=0.01, high=60)
+    redis_task_lease: float = _key(30.0, "seconds a pending task stays readable on other nodes "
+                                   "after its node stopped renewing it (a dead node's pending "
+                                   "tasks then read 404)", low=1, high=86400)
 
 
 @dataclass(frozen=True)
@@ -234,6 +292,15 @@ class JobsConfig:
     max_zip_bytes: int = _key(1 << 30, "total uncompressed bytes a ZIP upload's entries may "
                               "declare (413 beyond, refused before it is unpacked)",
                               low=1024, high=1 << 40)
+    redis_claim_idle: float = _key(60.0, "with service.redis_url: seconds a job item another "
+                                   "node took may go without that node refreshing it (every "
+                                   "quarter of this while it reads) before this node takes it "
+                                   "over (the other node died)", low=0.2, high=86400)
+    redis_consumer: str | None = _key(None, "with service.redis_url: this node's name in the "
+                                      "job stream's consumer group, stable across restarts "
+                                      "(a restarted node takes its items back at once); "
+                                      "null = <host name>:<web_server.port>", nullable=True,
+                                      kind=str)
 
 
 @dataclass(frozen=True)
@@ -278,8 +345,29 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         node[last] = value
     config = _build(Config, data, "")
     config.ocr.predict_system.engine_limits()  # the limits' own cross-checks (ConfigError)
+    config.ocr.predict_system.rec_shape()  # well-formed (ConfigError)
     _check_pdf_timeout(config)
+    _check_precision(config)
+    _check_redis_url(config.service.redis_url)
     return dataclasses.replace(config, base_dir=base_dir)
+
+
+def _check_redis_url(url: str | None) -> None:
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        # Only the scheme is quoted: the rest may hold a password.
+        raise ConfigError("service.redis_url: must start with redis://, rediss:// (TLS) or "
+                          f"unix://, got scheme {url.partition(':')[0][:20]!r}")
+
+
+def _check_precision(config: Config) -> None:
+    system = config.ocr.predict_system
+    if system.precision != "bf16" or system.backend == "auto":
+        return
+    if "bf16" not in get_backend(system.backend).precisions:
+        capable = [name for name in BACKEND_NAMES if "bf16" in get_backend(name).precisions]
+        raise ConfigError(f"ocr.predict_system.precision: bf16 is not available on backend "
+                          f"{system.backend!r}, which computes in f32 only; bf16 needs "
+                          f"backend {' or '.join(capable)} (or auto)")
 
 
 def _check_pdf_timeout(config: Config) -> None:
@@ -296,7 +384,7 @@ def _check_pdf_timeout(config: Config) -> None:
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected an object")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not _internal(f)}
     for key in data:
         if key not in fields:
             raise ConfigError(f"{where}{key}: unknown key (known here: {', '.join(fields)})")
@@ -308,7 +396,16 @@ def _build(cls: type, data: Any, where: str) -> Any:
             values[name] = _build(_field_class(cls, name), data[name], f"{where}{name}.")
         else:
             values[name] = _check(f"{where}{name}", spec, data[name])
+    if cls is PredictSystemConfig:
+        options = {f.name for f in dataclasses.fields(OcrOptions)}
+        values["given_options"] = tuple(name for name in fields if name in data
+                                        and name in options)
     return cls(**values)
+
+
+def _internal(spec: dataclasses.Field) -> bool:
+    """A field that is not a config key (where paths resolve from, what the file set)."""
+    return spec.name == "base_dir" or spec.metadata.get("internal", False)
 
 
 def _field_class(cls: type, name: str) -> Any:
@@ -361,7 +458,7 @@ def describe_keys() -> list[tuple[str, str, str]]:
 
     def walk(cls: type, prefix: str) -> None:
         for spec in dataclasses.fields(cls):
-            if spec.name == "base_dir":
+            if _internal(spec):
                 continue
             sub = _field_class(cls, spec.name)
             if sub is not None:

@@ -68,6 +68,9 @@ CATALOGUE: dict[str, ErrorKind] = {kind.code: kind for kind in (
     ErrorKind("queue_full", 503, "every worker is busy and the queue is full", retry_after=1),
     ErrorKind("unavailable", 503, "no OCR worker is running right now", retry_after=2),
     ErrorKind("shutting_down", 503, "the server is shutting down", retry_after=5),
+    ErrorKind("store_unavailable", 503, "the shared job store (Redis, service.redis_url) "
+              "cannot be reached now; the job and its items are kept there, retry",
+              retry_after=2),
     ErrorKind("too_many_connections", 503, "the server has web_server.max_connections open "
               "connections", retry_after=1),
     ErrorKind("timeout", 504, "no result within ocr.process.task_timeout or "

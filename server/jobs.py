@@ -32,12 +32,18 @@ items and every item's result are committed as they happen, so a job survives a 
   ZIP bytes, and the same options) are answered with the existing job.
 - Retention: finished jobs are deleted, with their rows and spooled files, `retention`
   seconds after they finished (checked at start and periodically).
+- Across nodes (service.redis_url: the job store is store/redis_jobs.py, passed as the
+  runner's `stream` too): there is no queue of jobs here; every node's runner takes items
+  from the nodes' shared Redis Stream, as many as it has slots, reads them the same way and
+  records each before acknowledging it; a ZIP's entries are stored in Redis instead of the
+  state folder, so any node reads them. See "running from the shared stream" below.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import errno
 import fnmatch
@@ -53,10 +59,10 @@ import stat
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tornado.httputil import HTTPFile
 
@@ -69,10 +75,13 @@ from .documents import page_identity, page_key, probe_key
 from .errors import ApiError, ErrorInfo, error_info
 from .pool import Lane
 from .protocol import DocumentProbeJob, OcrJob, PageJob
-from .request import RequestPolicy, clip, given_options, loaded_model
+from .request import RequestPolicy, clip, given_options, loaded_model, request_spec
 from .sandbox import open_in_roots, read_sandboxed
 from .service import OcrService, request_key
 from .store import FINISHED_STATUSES, ItemOutcome, ItemSpec, JobItem, JobRecord, JobStore
+
+if TYPE_CHECKING:  # the Redis store is only imported where service.redis_url is set
+    from .store.redis_jobs import RedisJobStore, StreamEntry
 
 log = logging.getLogger("ppocr.jobs")
 
@@ -85,6 +94,9 @@ PAGE_SIZE = 200  # items read from the store at a time
 RECENT_ITEMS = 5
 RETRY_DELAY_S = 1.0  # after a pass the pool refused items in (no worker, restarting)
 PROBES_KEPT = 8  # documents' probes a running job keeps at hand (its pages need them)
+STORE_RETRY_S = 1.0  # a shared job store that cannot be reached is tried again after this
+ARCHIVE_BATCH_BYTES = 16 << 20  # a ZIP's entries go to a shared store this much at a time
+ACTIVE_IDLE_S = 60.0  # a job no item of which was taken here for this long is forgotten here
 # Pool refusals that are not the item's fault: the item stays queued and is read again.
 TRANSIENT_CODES = frozenset({"queue_full", "unavailable", "shutting_down"})
 ARCHIVE_SUFFIXES = (".zip", ".jar", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar",
@@ -129,6 +141,7 @@ JOB_SPECS: tuple[FieldSpec, ...] = (
               "upload"),
     FieldSpec("model", str, None, "the loaded model set to read with; default: "
               "ocr.predict_system.model"),
+    request_spec("preset"),
     FieldSpec("dpi", int, None, "PDF: the resolution pages are rendered at; default: "
               "ocr.predict_system.dpi", low=MIN_DPI, high=MAX_DPI),
     FieldSpec("pdf_text", str, "ocr", "PDF: ocr reads the rendered page; auto takes a page's "
@@ -178,7 +191,7 @@ def parse_job_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFi
                        "service.filename_roots) or 'file' (a ZIP upload)")
     model = loaded_model(_coerce("model", given["model"]) if "model" in given else None,
                          policy)
-    options = given_options(given, policy)
+    options = given_options(given, policy, model)
     recursive = _coerce("recursive", given["recursive"]) if "recursive" in given else False
     dpi = _coerce("dpi", given["dpi"]) if "dpi" in given else policy.default_dpi
     pdf_text = _coerce("pdf_text", given["pdf_text"]) if "pdf_text" in given else "ocr"
@@ -364,10 +377,36 @@ class Archive:
         finally:
             os.close(dir_fd)
 
+    def read_entries(self, start: int, budget: int, max_entry_bytes: int
+                     ) -> tuple[list[tuple[int, bytes]], int]:
+        """Entries start.. unpacked (blocking), with the checks `spool` makes, until they
+        hold `budget` bytes (one at least): [(seq, bytes)] and the next seq to read. For a
+        shared job store that keeps the entries (server/store/redis_jobs.py)."""
+        entries: list[tuple[int, bytes]] = []
+        size, seq = 0, start
+        while seq < len(self.entries) and (not entries or size < budget):
+            data = b"".join(self._entry_chunks(self.entries[seq], max_entry_bytes))
+            entries.append((seq, data))
+            size += len(data)
+            seq += 1
+        return entries, seq
+
     def _spool_entry(self, dir_fd: int, name: str, info: zipfile.ZipInfo,
                      max_entry_bytes: int) -> None:
-        limit = min(info.file_size, max_entry_bytes)
         out = os.open(name, _SPOOL_FLAGS, 0o600, dir_fd=dir_fd)
+        try:
+            for chunk in self._entry_chunks(info, max_entry_bytes):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+            os.fsync(out)
+        finally:
+            os.close(out)
+
+    def _entry_chunks(self, info: zipfile.ZipInfo, max_entry_bytes: int) -> Iterator[bytes]:
+        """The entry's bytes, checked as they are unpacked: no archive inside, no more than
+        it declares."""
+        limit = min(info.file_size, max_entry_bytes)
         try:
             written = 0
             with self.zip.open(info) as source:
@@ -379,16 +418,11 @@ class Archive:
                     if written > limit:  # zipfile stops at the declared size; never trust it
                         raise ApiError("archive_too_large", f"entry {clip(info.filename, 60)} "
                                        "holds more than it declares")
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(out, view):]
-            os.fsync(out)
+                    yield chunk
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
                 RuntimeError) as exc:
             raise ApiError("invalid_archive", f"entry {clip(info.filename, 60)} cannot be "
                            f"unpacked ({_zip_problem(exc)})") from None
-        finally:
-            os.close(out)
 
 
 def read_archive(data: bytes, patterns: tuple[str, ...], limits: JobLimits,
@@ -516,6 +550,7 @@ class _Active:
     finished_before: int  # items finished when this run began (a resumed job has some)
     stop: bool = False
     expanded: bool = False  # a document's pages were added this pass (behind its cursor)
+    last_taken: float = 0.0  # monotonic; a job read from the shared stream (see _forget_idle)
     # seq -> (digest, probe) of the documents whose pages are being read.
     probes: collections.OrderedDict = dataclasses.field(default_factory=collections.OrderedDict)
 
@@ -563,14 +598,23 @@ class JobRunner:
     Everything here runs on the IOLoop thread; file system work goes to the default executor
     and every store call to the store's own thread. `clock` (epoch seconds, for the stored
     times and retention) and `monotonic` (for the ETA) are injectable so tests tick time.
+
+    With a `stream` (the Redis job store, shared by the nodes of a cluster, passed as both
+    `store` and `stream`) the runner takes its items from the nodes' shared stream instead
+    of running its own queue of jobs: at most max_in_flight at a time, each one recorded and
+    acknowledged before its slot is free again (see "running from the shared stream").
     """
 
     def __init__(self, store: JobStore, ocr: OcrService, policy: RequestPolicy,
                  limits: JobLimits, state_dir: Path, *,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 on_item_finished: Callable[[str], None] | None = None) -> None:
+                 on_item_finished: Callable[[str], None] | None = None,
+                 stream: RedisJobStore | None = None) -> None:
         self.store = store
+        self._stream = stream
+        # Stream entries being read here: refreshed so no other node takes them over.
+        self._held: dict[str, StreamEntry] = {}
         # Told "done", "cached" or "failed" for every finished item (the metrics).
         self._on_item_finished = on_item_finished
         self.ocr = ocr
@@ -601,6 +645,9 @@ class JobRunner:
         await loop.run_in_executor(None, self._make_folders)
         await self.store.open()
         self._wake, self._stopping = asyncio.Event(), asyncio.Event()
+        if self._stream is not None:
+            await self._start_streaming()
+            return
         await self.expire_finished()
         await self._remove_orphaned_spools()
         unfinished = await self.store.unfinished()
@@ -649,6 +696,8 @@ class JobRunner:
             if existing is not None:
                 return existing, False
             job = self._new_job(request, "zip", request.archive_name, "", fingerprint, 0)
+            if self._stream is not None:
+                return await self._submit_shared_archive(archive, job)
             spool = self.spool_dir / job.id
             try:
                 await loop.run_in_executor(None, archive.spool, spool,
@@ -659,11 +708,18 @@ class JobRunner:
                 raise
             if stored.id != job.id:  # an identical upload was recorded meanwhile
                 await loop.run_in_executor(None, _remove_tree, spool)
+        return await self._accepted(stored, job)
+
+    async def _accepted(self, stored: JobRecord, job: JobRecord) -> tuple[JobRecord, bool]:
         created = stored.id == job.id
         if created:
             log.info("job %s: %d items from %s %s", job.id, stored.total, stored.source,
                      clip(stored.name, 120))
-            self._enqueue(job.id)
+            if self._stream is None:
+                self._enqueue(job.id)
+            elif stored.total == 0 and await self._stream.complete_if_finished(
+                    job.id, self._clock()):
+                stored = await self.store.get(job.id) or stored  # nothing to read: done
         return stored, created
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -773,6 +829,8 @@ class JobRunner:
         active = self._active.get(job_id)
         if active is not None:
             active.stop = True
+            if self._stream is not None:  # its entries still taken are dropped as they come
+                self._active.pop(job_id, None)
 
     async def _schedule(self) -> None:
         while not self.closing:
@@ -840,28 +898,36 @@ class JobRunner:
             await asyncio.wait(in_flight)
 
     async def _read(self, active: _Active, item: JobItem) -> None:
+        self._writer.started(active.job.id, item)
+        outcome = await self._outcome(active, item)
+        if outcome is None:
+            return  # still queued: the next pass reads it
+        self._writer.finished(active.job.id, outcome)
+        self._finished_item(outcome)
+
+    def _finished_item(self, outcome: ItemOutcome) -> None:
+        if self._on_item_finished is not None:
+            self._on_item_finished("failed" if outcome.error is not None
+                                   else "cached" if outcome.cached else "done")
+
+    async def _outcome(self, active: _Active, item: JobItem) -> ItemOutcome | None:
+        """The item read: its result or its error (as data); None when the refusal was not
+        the item's fault (no worker, shutting down), so it stays queued."""
         job = active.job
-        self._writer.started(job.id, item)
         try:
-            data = await asyncio.get_running_loop().run_in_executor(None, self._load, job,
-                                                                    item)
+            data = await self._item_bytes(job, item)
             result, cached = await self._ocr(active, item, data)
         except Exception as exc:  # the item's error, as data; the job goes on
             info = error_info(exc)
             if info.code in TRANSIENT_CODES:
-                return  # still queued: the next pass reads it
+                return None
             if info.details:
                 log.error("job %s item %d page %d (%s) failed (%s): %s", job.id, item.seq,
                           item.page, clip(item.file, 120), info.code, info.details)
-            outcome = ItemOutcome(item.seq, item.page, error=ErrorInfo(info.code, info.message),
-                                  finished_at=self._clock())
-        else:
-            outcome = ItemOutcome(item.seq, item.page, result=result, cached=cached,
-                                  finished_at=self._clock())
-        self._writer.finished(job.id, outcome)
-        if self._on_item_finished is not None:
-            self._on_item_finished("failed" if outcome.error is not None
-                                   else "cached" if outcome.cached else "done")
+            return ItemOutcome(item.seq, item.page, error=ErrorInfo(info.code, info.message),
+                               finished_at=self._clock())
+        return ItemOutcome(item.seq, item.page, result=result, cached=cached,
+                           finished_at=self._clock())
 
     async def _ocr(self, active: _Active, item: JobItem, data: bytes) -> tuple[dict, bool]:
         """(result, cached) of an image, or of one page of a document. A document's first
@@ -916,6 +982,23 @@ class JobRunner:
             active.probes.popitem(last=False)
         return digest, probe
 
+    async def _item_bytes(self, job: JobRecord, item: JobItem) -> bytes:
+        if job.source == "zip" and self._stream is not None:
+            image = await self._stream.archive_entry(job.id, item.seq)
+            if image is None:
+                raise ApiError("file_not_found", f"the stored copy of {clip(item.file)} is "
+                               "gone (expired or deleted)")
+            return self._checked(image)
+        return await asyncio.get_running_loop().run_in_executor(None, self._load, job, item)
+
+    def _checked(self, image: bytes) -> bytes:
+        if not image:
+            raise ApiError("invalid_image", "the file is empty (0 bytes)")
+        if len(image) > self.policy.max_body_size:
+            raise ApiError("too_large", f"the file is over {self.policy.max_body_size} bytes, "
+                           "the limit")
+        return image
+
     def _load(self, job: JobRecord, item: JobItem) -> bytes:
         """The item's bytes (blocking): a spooled ZIP entry, or the file read afresh through
         the sandbox (it may have been swapped for a link since it was listed)."""
@@ -937,12 +1020,7 @@ class JobRunner:
                 # Name the file as the job lists it, not by the server's absolute path.
                 raise ApiError(error.code, error.message.replace(clip(path),
                                                                  clip(item.file))) from None
-        if not image:
-            raise ApiError("invalid_image", "the file is empty (0 bytes)")
-        if len(image) > self.policy.max_body_size:
-            raise ApiError("too_large", f"the file is over {self.policy.max_body_size} bytes, "
-                           "the limit")
-        return image
+        return self._checked(image)
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -958,8 +1036,211 @@ class JobRunner:
                 return
             try:
                 await self.expire_finished()
-            except Exception:
-                log.exception("cannot delete expired jobs")
+            except Exception as exc:
+                if _store_down(exc):  # a shared store's outage: the next period tries again
+                    log.warning("cannot delete expired jobs now: %s", error_info(exc).message)
+                else:
+                    log.exception("cannot delete expired jobs")
+
+    # -- running from the shared stream (a Redis job store) ------------------------------
+    #
+    # Every node runs this loop against the same stream: what one node took, no other takes
+    # while that node keeps refreshing it. A job is the store's (any node answers for it,
+    # any node may cancel or delete it); `_active` only holds the jobs whose items this
+    # node reads (their options, probes and rate). A store that cannot be reached pauses the
+    # loop, never ends it: what was taken stays taken, what was read is recorded once Redis
+    # answers again, and nothing is acknowledged before its item is recorded.
+
+    async def _start_streaming(self) -> None:
+        stream = self._stream
+        try:
+            await self.expire_finished()
+            for job in await self.store.unfinished():  # an empty job cut short at submit
+                if job.total == 0:
+                    await stream.complete_if_finished(job.id, self._clock())
+        except Exception as exc:  # noqa: BLE001 - Redis down at start: the loop waits for it
+            log.warning("the shared job store is not answering at start (%s); job items "
+                        "are taken once it does", error_info(exc).message)
+        loop = asyncio.get_running_loop()
+        log.info("taking job items from the shared stream as consumer %s (at most %d at a "
+                 "time; another node's items are taken over after %g s idle)",
+                 stream.consumer, self.limits.max_in_flight, stream.claim_idle)
+        self._tasks = [loop.create_task(self._consume()),
+                       loop.create_task(self._refresh_held()),
+                       loop.create_task(self._expire_periodically())]
+
+    async def _submit_shared_archive(self, archive: Archive, job: JobRecord
+                                     ) -> tuple[JobRecord, bool]:
+        """A ZIP job whose entries go to the shared store (every node reads them there),
+        written before the job exists, so no node takes an item it cannot read."""
+        stream, loop = self._stream, asyncio.get_running_loop()
+        try:
+            seq = 0
+            while seq < len(archive.entries):
+                entries, seq = await loop.run_in_executor(
+                    None, archive.read_entries, seq, ARCHIVE_BATCH_BYTES,
+                    self.policy.max_body_size)
+                await stream.put_archive_entries(job.id, entries)
+            stored = await self.store.create(job, archive.items)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await stream.drop_archive(job.id)
+            raise
+        if stored.id != job.id:  # an identical upload was recorded meanwhile
+            await stream.drop_archive(job.id)
+        return await self._accepted(stored, job)
+
+    async def _consume(self) -> None:
+        stream = self._stream
+        in_flight: set[asyncio.Task] = set()
+        loop = asyncio.get_running_loop()
+        backlog: list[StreamEntry] | None = None  # what this consumer held before a restart
+        next_reclaim = 0.0
+        unavailable: str | None = None
+        while not self.closing:
+            free = self.limits.max_in_flight - len(in_flight)
+            if free <= 0:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                if backlog is None:
+                    await stream.ensure_group()
+                    backlog = await stream.held(10_000)
+                    if backlog:
+                        log.info("taking back %d job item(s) this node held before",
+                                 len(backlog))
+                if backlog:
+                    entries, backlog = backlog[:free], backlog[free:]
+                else:
+                    entries = []
+                    if self._monotonic() >= next_reclaim:
+                        if await stream.finish_enqueueing():
+                            log.info("added the stream entries of a job whose node stopped "
+                                     "while creating it")
+                        entries = await stream.reclaim(free)
+                        next_reclaim = self._monotonic() + stream.claim_idle / 4
+                        if entries:
+                            log.info("took over %d job item(s) another node left idle for "
+                                     "%g s", len(entries), stream.claim_idle)
+                    if not entries:
+                        entries = await stream.take(free)
+            except Exception as exc:  # noqa: BLE001 - the store down: wait, then go on
+                if not _store_down(exc):
+                    log.exception("cannot take job items from the shared stream")
+                elif unavailable is None:
+                    log.warning("job items wait: %s", error_info(exc).message)
+                unavailable = error_info(exc).message
+                # Back from an outage, refresh this node's own entries before taking over
+                # any other's (theirs went idle during the outage too).
+                next_reclaim = self._monotonic() + stream.claim_idle / 4
+                await self._pause(STORE_RETRY_S)
+                continue
+            if unavailable is not None:
+                log.info("the shared job store answers again; job items go on")
+                unavailable = None
+            for entry in entries:
+                self._held[entry.id] = entry
+                task = loop.create_task(self._work(entry))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            self._forget_idle()
+        if in_flight:
+            await asyncio.wait(in_flight)
+
+    async def _work(self, entry: StreamEntry) -> None:
+        """Reads one taken entry's item and records it (acknowledging the entry); an entry
+        whose job is gone or finished, or whose item is, is only acknowledged."""
+        stream = self._stream
+        try:
+            while not self.closing:
+                try:
+                    job, item = await stream.begin(entry)
+                    if (job is None or item is None or job.status in FINISHED_STATUSES
+                            or item.state != "queued"):
+                        await self._finish_entry(entry, None)
+                        return
+                    active = await self._join(job)
+                except Exception as exc:  # noqa: BLE001 - the store down: try again
+                    if not _store_down(exc):
+                        # A bug, not an outage: leave the entry to be taken over later.
+                        log.exception("job item %s (job %s) cannot be started", entry.id,
+                                      entry.job_id)
+                        return
+                    if not self.closing:
+                        await self._pause(STORE_RETRY_S)
+                    continue
+                outcome = await self._outcome(active, item)
+                if outcome is None:  # the pool refused it for now: read it again shortly
+                    await self._pause(RETRY_DELAY_S)
+                    continue
+                if await self._finish_entry(entry, outcome):
+                    self._finished_item(outcome)
+                return
+        finally:
+            self._held.pop(entry.id, None)
+
+    async def _finish_entry(self, entry: StreamEntry, outcome: ItemOutcome | None) -> bool:
+        """Records the outcome and acknowledges the entry, retrying while the store cannot be
+        reached; False when the runner closed first (the entry stays taken: this node takes
+        it back at its restart, another node after claim_idle)."""
+        waited = False
+        while True:
+            try:
+                ended = await self._stream.finish(entry, outcome, self._clock())
+                break
+            except Exception as exc:  # noqa: BLE001 - the store down: keep the outcome
+                if not _store_down(exc):
+                    log.exception("job %s item %d page %d cannot be recorded; it is read "
+                                  "again later", entry.job_id, entry.seq, entry.page)
+                    return False
+                if self.closing:
+                    log.warning("job %s item %d page %d: not recorded before shutdown (%s); "
+                                "it is read again", entry.job_id, entry.seq, entry.page,
+                                error_info(exc).message)
+                    return False
+                if not waited:
+                    waited = True
+                    log.warning("job items wait: job %s item %d page %d is read and kept "
+                                "until the shared job store answers (%s)", entry.job_id,
+                                entry.seq, entry.page, error_info(exc).message)
+                await self._pause(STORE_RETRY_S)
+        if ended:
+            log.info("job %s done", entry.job_id)
+            self._active.pop(entry.job_id, None)
+        return True
+
+    async def _join(self, job: JobRecord) -> _Active:
+        """This node's state for a job it reads items of (marking the job running once)."""
+        active = self._active.get(job.id)
+        if active is None:
+            if job.status == "queued":
+                await self.store.set_status(job.id, "running", self._clock())
+            active = _Active(job, options_of(job.options), self._monotonic(),
+                             job.done + job.failed)
+            self._active[job.id] = active
+        active.last_taken = self._monotonic()
+        return active
+
+    def _forget_idle(self) -> None:
+        """Drops the jobs this node has taken no item of lately (finished elsewhere, or
+        read by the other nodes now)."""
+        cutoff = self._monotonic() - ACTIVE_IDLE_S
+        for job_id, active in list(self._active.items()):
+            if active.last_taken < cutoff:
+                del self._active[job_id]
+
+    async def _refresh_held(self) -> None:
+        """Resets the idle time of the entries being read here, every claim_idle/4 seconds,
+        so that no other node takes them over while this one lives."""
+        stream = self._stream
+        while not self.closing:
+            await self._pause(stream.claim_idle / 4)
+            if self._held:
+                try:
+                    await stream.refresh(list(self._held))
+                except Exception as exc:  # noqa: BLE001 - the store down: next time
+                    log.debug("cannot refresh the taken job items: %s",
+                              error_info(exc).message)
 
     # -- the state folder -------------------------------------------------------------
 
@@ -975,6 +1256,11 @@ class JobRunner:
         for name in names:
             if not valid_job_id(name) or await self.store.get(name) is None:
                 await loop.run_in_executor(None, _remove_tree, self.spool_dir / name)
+
+
+def _store_down(exc: BaseException) -> bool:
+    """A shared job store that cannot answer now (server/store/redis_jobs.StoreUnavailable)."""
+    return error_info(exc).code == "store_unavailable"
 
 
 def _remove_tree(path: Path) -> None:

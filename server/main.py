@@ -14,12 +14,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from ocr_engine import ModelNotFoundError, PdfSandbox, custom_model_paths, resolve_model_set
+from ocr_engine.autoselect import (
+    AutoSelectError,
+    BackendChoice,
+    cpu_flags,
+    resolve_precision,
+    select_backend,
+)
+from ocr_engine.backends import StagePrecision
 
 from .app import make_app
+from .cluster import SharedState
 from .config import Config
 from .documents import resume_tasks, window_for
 from .handlers.base import AppContext, HttpPolicy, Lifecycle, Services
@@ -30,10 +45,11 @@ from .metrics import Metrics, build_metrics
 from .ocr_worker import boot
 from .pool import PoolBootError, PoolConfig, WorkerPool
 from .protocol import EngineSpec
-from .request import RequestPolicy
+from .request import RequestPolicy, option_bases
 from .service import OcrService
-from .store import JobStore, LastingTaskStore
+from .store import JobStore, LastingTaskStore, ResultCache, TaskStore
 from .store.memory import MemoryResultCache, MemoryTaskStore
+from .store.redis_jobs import RedisJobStore
 from .store.sqlite import SqliteJobStore, SqliteTaskStore
 
 log = logging.getLogger("ppocr")
@@ -44,32 +60,66 @@ TASKS_FILE = "tasks.sqlite3"  # in service.state_dir
 # Pending tasks' spooled requests, in service.state_dir (not under the job runner's "spool",
 # whose every entry that is not a job's is deleted at start).
 TASK_SPOOL = "task-spool"
+JOBS_REDIS_TIMEOUT_S = 10.0  # one job-store command to Redis (service.redis_url)
 
 
 def build_engine_spec(config: Config) -> EngineSpec:
-    """Resolves every model set now, so a missing model stops the server before any worker."""
+    """Resolves every model set now, so a missing model stops the server before any worker.
+
+    With `backend: "auto"` this measures the candidates first (child processes, up to a
+    minute) unless service.state_dir holds a choice for this machine: call it off the IOLoop.
+    """
     system = config.ocr.predict_system
     models_dir = config.resolve(system.models_dir)
+    choice = choose_backend(config)
+    backend = choice.name
     models = {}
     if system.det_model_dir or system.rec_model_dir:
         if not (system.det_model_dir and system.rec_model_dir):
             raise ModelNotFoundError("custom models need both det_model_dir and rec_model_dir")
         paths = custom_model_paths(
-            system.backend, str(config.resolve(system.det_model_dir)),
+            backend, str(config.resolve(system.det_model_dir)),
             str(config.resolve(system.rec_model_dir)),
             str(config.resolve(system.cls_model_dir)) if system.cls_model_dir else None,
-            str(config.resolve(system.rec_char_dict_path)) if system.rec_char_dict_path else None)
+            str(config.resolve(system.rec_char_dict_path)) if system.rec_char_dict_path else None,
+            rec_image_shape=system.rec_shape())
         models[system.model] = paths
     else:
-        models[system.model] = resolve_model_set(system.model, system.backend, models_dir)
+        models[system.model] = resolve_model_set(system.model, backend, models_dir)
     for name in system.models:
-        models[name] = resolve_model_set(name, system.backend, models_dir)
+        models[name] = resolve_model_set(name, backend, models_dir)
     sandbox = PdfSandbox(system.pdf_memory_mb,
                          system.pdf_timeout_s(config.ocr.process.task_timeout))
-    return EngineSpec(models=models, backend=system.backend, threads=config.threads_per_worker,
+    return EngineSpec(models=models, backend=backend, precision=choice.precision,
+                      backend_choice=choice.to_dict(), threads=config.threads_per_worker,
                       max_pixels=system.max_pixels, rec_batch_size=system.rec_batch_num,
                       cls_batch_size=system.cls_batch_num, defaults=system.default_options(),
                       limits=system.engine_limits(), pdf_sandbox=sandbox)
+
+
+def choose_backend(config: Config) -> BackendChoice:
+    """The configured backend and precision ("auto" precision resolved for this CPU), or, for
+    `backend: "auto"`, the measured choice (ocr_engine/autoselect.py), logged either way."""
+    system = config.ocr.predict_system
+    if system.backend != "auto":
+        choice = BackendChoice(system.backend, resolve_precision(
+            system.backend, system.precision, cpu_flags()), "config")
+    elif system.det_model_dir or system.rec_model_dir:
+        # Custom files are in one format: the backend that reads it, unmeasured.
+        backend = "onnxruntime" if str(system.det_model_dir).endswith(".onnx") else "paddle"
+        choice = BackendChoice(backend, StagePrecision(), "config",
+                               {"reason": "custom model files: the backend of their format"})
+    else:
+        try:
+            choice = select_backend(system.precision, config.threads_per_worker,
+                                    config.resolve(system.models_dir), system.model,
+                                    config.resolve(config.service.state_dir))
+        except AutoSelectError as exc:
+            raise ModelNotFoundError(f"backend auto: {exc}") from None
+    log.info("backend %s, precision %s (chosen by %s%s)", choice.name,
+             choice.precision.describe(), choice.chosen_by,
+             ", reused from service.state_dir" if choice.details.get("reused") else "")
+    return choice
 
 
 def pool_config(config: Config) -> PoolConfig:
@@ -94,6 +144,26 @@ def job_limits(config: Config) -> JobLimits:
                      max_zip_entries=jobs.max_zip_entries, max_zip_bytes=jobs.max_zip_bytes)
 
 
+def build_job_store(config: Config) -> JobStore:
+    """The job store: in Redis when service.redis_url is set (shared by the nodes, which
+    take the items from its stream), else the SQLite file in service.state_dir."""
+    service_config = config.service
+    if not service_config.redis_url:
+        return SqliteJobStore(config.resolve(service_config.state_dir) / JOBS_FILE)
+    # Its own client: a stream read blocks for a second and a new job's script may run for
+    # one, past service.redis_timeout (the cache's bound), so job traffic has its own. One
+    # retry on a connection error: a pooled connection is stale after Redis restarted.
+    client = aioredis.Redis.from_url(
+        service_config.redis_url, socket_timeout=JOBS_REDIS_TIMEOUT_S,
+        socket_connect_timeout=max(1.0, service_config.redis_timeout),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        client_name="ppocr-jobs")
+    consumer = config.jobs.redis_consumer or f"{socket.gethostname()}:{config.web_server.port}"
+    return RedisJobStore(client, service_config.redis_prefix, consumer=consumer,
+                         claim_idle=config.jobs.redis_claim_idle,
+                         retention=config.jobs.retention, close_client=True)
+
+
 def build_task_store(config: Config) -> SqliteTaskStore:
     """The lasting task store in service.state_dir (opened by the caller, once the folder
     exists). Expired tasks are swept every quarter of task_ttl (15 s to an hour)."""
@@ -106,30 +176,46 @@ def build_task_store(config: Config) -> SqliteTaskStore:
 
 def build_context(config: Config, pool: WorkerPool, spec: EngineSpec,
                   metrics: Metrics | None = None, job_store: JobStore | None = None,
-                  task_store: LastingTaskStore | None = None) -> AppContext:
+                  task_store: LastingTaskStore | None = None,
+                  shared: SharedState | None = None) -> AppContext:
     """The handlers' context. With a `job_store`, folder jobs are on: the context's
     `services.jobs` runner must then be started (and closed) by the caller. With a
     `task_store` (opened and closed by the caller), non-blocking documents and batches are
-    kept there; else in memory, with single images' tasks."""
+    kept there; else in memory, with single images' tasks. With `shared` (service.redis_url,
+    started by the caller) the result cache and the tasks are shared through Redis and
+    identical runs across nodes (server/cluster.py); `task_store` is then the caller's
+    `shared.tasks(...)` mirror."""
     service_config = config.service
+    cache: ResultCache = MemoryResultCache(service_config.img_number, service_config.time)
+    tasks: TaskStore = MemoryTaskStore(service_config.max_tasks, service_config.task_ttl)
+    if shared is not None:  # every node's cache and tasks, this node's memory behind them
+        cache, tasks = shared.cache, shared.tasks(tasks)
     ocr = OcrService(lambda job, request_id, lane: pool.submit(job, lane, request_id),
-                     MemoryResultCache(service_config.img_number, service_config.time),
-                     MemoryTaskStore(service_config.max_tasks, service_config.task_ttl),
-                     promote=pool.promote, lasting_tasks=task_store)
+                     cache, tasks, promote=pool.promote, lasting_tasks=task_store,
+                     cluster=shared.runs if shared is not None else None)
     web = config.web_server
+    bases = option_bases({name: getattr(paths, "det_defaults", None) or {}
+                          for name, paths in spec.models.items()},
+                         config.ocr.predict_system.configured_options(),
+                         config.ocr.predict_system.preset)
     requests = RequestPolicy(
-        defaults=spec.defaults, default_model=config.ocr.predict_system.model,
+        defaults=bases[config.ocr.predict_system.model, None],
+        default_model=config.ocr.predict_system.model,
         models=tuple(spec.models),
         filename_roots=tuple(config.resolve(root) for root in service_config.filename_roots),
         max_body_size=web.max_body_size, default_dpi=config.ocr.predict_system.dpi,
         max_pages=service_config.max_pages, max_batch=service_config.max_batch,
         max_pixels=config.ocr.predict_system.max_pixels,
-        response_format=service_config.response_format)
+        response_format=service_config.response_format,
+        bases=bases)
     jobs = None
     if job_store is not None:
         jobs = JobRunner(job_store, ocr, requests, job_limits(config),
                          config.resolve(service_config.state_dir),
-                         on_item_finished=metrics.job_item_finished if metrics else None)
+                         on_item_finished=metrics.job_item_finished if metrics else None,
+                         stream=job_store if isinstance(job_store, RedisJobStore) else None)
+    if metrics is not None and shared is not None:
+        metrics.watch_redis(shared.link, shared.runs)
     if metrics is not None:
         metrics.watch(pool, ocr, running_jobs=(lambda: jobs.running_jobs) if jobs else
                       (lambda: 0))
@@ -150,7 +236,8 @@ def build_http_server(config: Config, context: AppContext) -> GuardedHTTPServer:
 
 
 async def serve(config: Config) -> int:
-    spec = build_engine_spec(config)
+    # Off the IOLoop: backend "auto" may time the backends first (child processes).
+    spec = await asyncio.to_thread(build_engine_spec, config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     exit_code = EXIT_OK
@@ -165,7 +252,7 @@ async def serve(config: Config) -> int:
                       observers=[metrics] if metrics is not None else None,
                       log_format=config.web_server.log_format)
     log.info("starting %d workers (%d threads each, backend %s, models %s)",
-             config.ocr.process.number, spec.threads, config.ocr.predict_system.backend,
+             config.ocr.process.number, spec.threads, spec.backend,
              ", ".join(spec.models))
     try:
         await pool.start()
@@ -174,8 +261,12 @@ async def serve(config: Config) -> int:
         return EXIT_BOOT_FAILURE
     state_dir = config.resolve(config.service.state_dir)
     task_store = build_task_store(config)
-    context = build_context(config, pool, spec, metrics, SqliteJobStore(state_dir / JOBS_FILE),
-                            task_store)
+    shared = SharedState(config) if config.service.redis_url else None
+    if shared is not None:
+        await shared.start()  # never fails: a Redis down at start leaves the node degraded
+        task_store = shared.tasks(task_store)  # kept here (restart-resume), readable anywhere
+    context = build_context(config, pool, spec, metrics, build_job_store(config), task_store,
+                            shared=shared)
     jobs, ocr = context.services.jobs, context.services.ocr
     try:
         await jobs.start()  # after the pool: resumed jobs read at once
@@ -219,6 +310,8 @@ async def serve(config: Config) -> int:
     await server.close_all_connections()
     await ocr.drain(timeout=10)  # tasks' outcomes written before their store closes
     await task_store.close()
+    if shared is not None:
+        await shared.close()
     log.info("stopped")
     return exit_code
 
@@ -255,4 +348,4 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
 
 
 __all__ = ["run", "serve", "build_engine_spec", "build_context", "build_http_server",
-           "build_task_store", "job_limits", "pool_config"]
+           "build_task_store", "build_job_store", "job_limits", "pool_config"]

@@ -23,6 +23,11 @@ methods Tornado's own, models and stages those the engine reports.
 Folder jobs: `ppocr_job_items_total{outcome}` counts finished items (done, cached, failed)
 as the job runner reports them through `job_item_finished`; `ppocr_jobs_running` is read from
 the runner at scrape time (`watch(..., running_jobs=...)`).
+
+Scale-out (service.redis_url): `watch_redis` adds `ppocr_redis_up` (1 while Redis answers, 0
+while the node serves on its own), the outages and the calls that fell back, and the
+cross-node sharing counters (claims won, keys followed, follows taken over, follows answered
+by another node's run), read from the link and the claims at scrape time.
 """
 
 from __future__ import annotations
@@ -54,9 +59,11 @@ from .pool import (
 if TYPE_CHECKING:
     import tornado.web
 
+    from .cluster import ClusterRuns
     from .config import Config
     from .pool import WorkerPool
     from .service import OcrService
+    from .store.redis import RedisLink
 
 # A cached answer takes about a millisecond, a big page tens of seconds.
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -135,6 +142,10 @@ class Metrics(PoolObserver):
         self._state = _StateCollector(pool, service, running_jobs)
         self.registry.register(self._state)
 
+    def watch_redis(self, link: RedisLink, runs: ClusterRuns) -> None:
+        """Reads the Redis link's state and the cross-node counters at every scrape."""
+        self.registry.register(_RedisCollector(link, runs))
+
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry rendered for a scrape: (body, content type). The classic Prometheus
         text format unless `accept` asks for OpenMetrics."""
@@ -199,6 +210,47 @@ def route_label(pattern: str) -> str:
     label = _GROUP.sub(lambda match: f"<{match.group(1) or 'param'}>", pattern)
     label = label.removeprefix("^").removesuffix("$").removesuffix("/?")
     return label.replace("\\", "") or "/"
+
+
+class _RedisCollector:
+    """The Redis link and cross-node sharing, read at scrape time."""
+
+    def __init__(self, link: RedisLink, runs: ClusterRuns) -> None:
+        self._link = link
+        self._runs = runs
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families(None))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families(self._link))
+
+    def _families(self, link: RedisLink | None) -> list[Metric]:
+        runs = self._runs
+
+        def value(read: Callable[[], float]) -> float | None:
+            return read() if link is not None else None
+
+        return [
+            GaugeMetricFamily("ppocr_redis_up", "1 while the shared Redis answers; 0 while "
+                              "this node serves on its own (degraded)",
+                              value=value(lambda: 1 if link.available else 0)),
+            CounterMetricFamily("ppocr_redis_outages", "times the link to Redis went down",
+                                value=value(lambda: link.outages)),
+            CounterMetricFamily("ppocr_redis_fallbacks", "Redis calls answered from this "
+                                "node's memory instead (Redis down or too slow)",
+                                value=value(lambda: link.failures)),
+            CounterMetricFamily("ppocr_cluster_claims_won", "runs this node claimed across "
+                                "nodes (and so ran)", value=value(lambda: runs.led)),
+            CounterMetricFamily("ppocr_cluster_followed", "runs this node waited for on "
+                                "another node instead of running them",
+                                value=value(lambda: runs.followed)),
+            CounterMetricFamily("ppocr_cluster_taken_over", "followed runs this node took "
+                                "over (the claiming node died or gave up)",
+                                value=value(lambda: runs.taken_over)),
+            CounterMetricFamily("ppocr_cluster_shared_results", "followed runs answered by "
+                                "another node's result", value=value(lambda: runs.shared_results)),
+        ]
 
 
 class _StateCollector:

@@ -32,7 +32,8 @@ class OcrHandler:
                                             max_pixels=spec.max_pixels,
                                             rec_batch_size=spec.rec_batch_size,
                                             cls_batch_size=spec.cls_batch_size,
-                                            defaults=spec.defaults, limits=spec.limits))
+                                            defaults=spec.defaults, limits=spec.limits,
+                                            precision=spec.precision))
             engine.warm_up()
             self.engines[name] = engine
         self.max_pixels = spec.max_pixels

@@ -595,7 +595,13 @@ def _schemas() -> dict[str, dict]:
                       "busy": {"type": "integer"}, "queued": {"type": "integer"},
                       "queued_background": {"type": "integer"},
                       "engine_runs": {"type": "integer",
-                                      "description": "runs actually sent to workers"}},
+                                      "description": "runs actually sent to workers"},
+                      "redis": {"enum": ["ok", "degraded"],
+                                "description": "with service.redis_url: whether the shared "
+                                "Redis answers (degraded: this node serves on its own; the "
+                                "status stays ready)"},
+                      "redis_degraded": {"type": "string",
+                                         "description": "why Redis is degraded"}},
                   "additionalProperties": {"type": ["integer", "number"]},
                   "description": "also the result cache's and the task store's counters"},
         "WebSettings": {"type": "object",

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ocr_engine import EngineLimits, ModelPaths, OcrOptions
+from ocr_engine.backends import StagePrecision
 from ocr_engine.documents import DEFAULT_MAX_PAGES, PdfSandbox
 
 from .errors import ErrorInfo
@@ -99,6 +100,10 @@ class EngineSpec:
     models: dict[str, ModelPaths]
     backend: str = "onnxruntime"
     threads: int = 1
+    # Each stage's compute precision (the configured one, "auto" already resolved).
+    precision: StagePrecision = field(default_factory=StagePrecision)
+    # How the backend and precision were chosen, for /ready: BackendChoice.to_dict().
+    backend_choice: dict = field(default_factory=dict)
     max_pixels: int = 40_000_000
     rec_batch_size: int = 6
     cls_batch_size: int = 6

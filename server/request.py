@@ -32,7 +32,7 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 
 from ocr_engine import InvalidOptionError, OcrOptions, parse_options
 from ocr_engine.options import OPTION_NAMES, OPTION_SPECS, FieldSpec, describe_value
+from ocr_engine.presets import PRESET_NAMES, apply_preset
 
 from .config import MAX_DPI, MIN_DPI, RESPONSE_FORMATS
 from .errors import ApiError, ErrorInfo, clip, error_info
@@ -65,6 +66,10 @@ CONTROL_SPECS: tuple[FieldSpec, ...] = (
               "or inside one of service.filename_roots"),
     FieldSpec("model", str, None, "the loaded model set to read with; default: "
               "ocr.predict_system.model"),
+    FieldSpec("preset", str, None, "a named bundle of options (README, Presets): page reads "
+              "small print on large pages, paddleocr is PaddleOCR 2.x's defaults, line one "
+              "text line, plate licence plates; option fields still override it; default: "
+              "ocr.predict_system.preset", choices=PRESET_NAMES),
     FieldSpec("pages", str, None, "PDF or TIFF: the pages to read, 1-based, e.g. 1-3,7 (5- "
               "means 5 to the end); default: every page"),
     FieldSpec("dpi", int, 200, "PDF: the resolution pages are rendered at; default: "
@@ -130,6 +135,15 @@ class RequestPolicy:
     max_batch: int = 32
     max_pixels: int = 40_000_000
     response_format: str = "lines"  # service.response_format
+    # (model, preset or None) -> the options a request starts from (option_bases); a pair
+    # missing here starts from `defaults`.
+    bases: Mapping[tuple[str, str | None], OcrOptions] = field(default_factory=dict)
+
+    def base_options(self, model: str, preset: str | None) -> OcrOptions:
+        base = self.bases.get((model, preset))
+        if base is None:
+            return self.defaults if preset is None else apply_preset(preset, self.defaults)
+        return base
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -322,7 +336,7 @@ def parse_request(fields: Mapping[str, Any], files: Mapping[str, list[HTTPFile]]
     _control(given, "file")  # a text field named 'file' is not an upload
     block = _control(given, "block_flag")
     model = loaded_model(_control(given, "model"), policy)
-    options = given_options(given, policy)
+    options = given_options(given, policy, model)
     document = _document_options(given, policy)
     block = _CONTROL["block_flag"].default if block is None else block
     response_format = _control(given, "response_format") or policy.response_format
@@ -515,14 +529,42 @@ def loaded_model(model: str | None, policy: RequestPolicy) -> str:
     return model
 
 
-def given_options(given: Mapping[str, Any], policy: RequestPolicy) -> OcrOptions:
-    """The OCR options among the `given` fields over the server's defaults (other fields are
-    left to the caller); ApiError invalid_option naming the first wrong one."""
+def request_spec(name: str) -> FieldSpec:
+    """The declaration of request field `name` (other endpoints reuse it)."""
+    return _SPECS[name]
+
+
+def given_options(given: Mapping[str, Any], policy: RequestPolicy,
+                  model: str | None = None) -> OcrOptions:
+    """The OCR options among the `given` fields (a `preset`, then option fields) over the
+    server's defaults for `model` (other fields are left to the caller); ApiError
+    invalid_option naming the first wrong one."""
+    preset = _control(given, "preset")
     try:
         return parse_options({k: v for k, v in given.items() if k in REQUEST_OPTIONS},
-                             policy.defaults)
+                             policy.base_options(model or policy.default_model, preset))
     except InvalidOptionError as exc:
         raise ApiError("invalid_option", str(exc)) from None
+
+
+def option_bases(models: Mapping[str, Mapping[str, Any]], configured: Mapping[str, Any],
+                 default_preset: str) -> dict[tuple[str, str | None], OcrOptions]:
+    """The options a request starts from, per (model, the request's preset or None).
+
+    `models`: each loaded set's own detection defaults (where its upstream differs from
+    PaddleOCR's); `configured`: the option keys config.json sets explicitly. Precedence, low to
+    high: the built-in defaults, the set's, then either the server's default preset and
+    config.json's keys over it (the operator's choice for every request that names no preset),
+    or, for a request that names a preset, config.json's keys and that preset over them (the
+    client asked for the bundle); the request's own option fields come last (given_options).
+    """
+    bases: dict[tuple[str, str | None], OcrOptions] = {}
+    for model, set_defaults in models.items():
+        own = OcrOptions().replace(**set_defaults)
+        bases[model, None] = apply_preset(default_preset, own).replace(**configured)
+        for preset in PRESET_NAMES:
+            bases[model, preset] = apply_preset(preset, own.replace(**configured))
+    return bases
 
 
 def _control(given: Mapping[str, Any], name: str) -> Any:

@@ -19,6 +19,14 @@ start, instead of finishing with that error.
 
 Document probes (page count and sizes) are runs like any other, cached the same way, but they
 are shared through their own in-flight table, so `engine_runs` counts OCR runs only.
+
+Across nodes (service.redis_url; server/cluster.py): with a `cluster`, the node's first request
+for a key that is not in flight here claims it in Redis before starting anything. The claim's
+winner runs it (and keeps the claim alive); the other nodes follow: their run is a wait for the
+winner's result, registered in `inflight` like a run, so this node's later requests join the
+wait. Requests arriving while the claim is being asked await that answer (`_claiming`).
+A follower that takes over (the winner died) or gives up (Redis down) runs it here.
+`engine_runs` counts the runs this node's pool was given, never the waits.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .errors import CATALOGUE, ApiError, error_info
 from .pool import Lane
@@ -42,6 +51,9 @@ from .store import (
     TaskStore,
     encode_result,
 )
+
+if TYPE_CHECKING:
+    from .cluster import Claim, ClusterRuns
 
 log = logging.getLogger("ppocr.service")
 
@@ -58,6 +70,16 @@ def request_key(image: bytes, options_key: str, model: str) -> str:
 def new_task_id() -> str:
     """64 hex characters (the shape ids always had), 256 random bits."""
     return secrets.token_hex(32)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A result as its JSON encoding: `body`; whether it came from the cache; the engine's
+    time for a fresh run (None for a hit)."""
+
+    body: bytes
+    cached: bool
+    engine_ms: float | None = None
 
 
 class Reading:
@@ -84,12 +106,13 @@ class Reading:
         outcome = await self._outcome()
         return outcome.result, False
 
-    async def encoded(self) -> tuple[bytes, bool]:
-        """(the result's `encode_result` bytes, cached) or raises ApiError."""
+    async def encoded(self) -> Encoded:
+        """The result's `encode_result` bytes (raises ApiError)."""
         if self._run is None:
-            return self._hit, True
+            return Encoded(self._hit, True)
         outcome = await self._outcome()
-        return outcome.body, False
+        return Encoded(outcome.body, False,
+                       (outcome.result.get("timings_ms") or {}).get("total"))
 
     async def _outcome(self) -> Outcome:
         outcome = await asyncio.shield(self._run)
@@ -103,8 +126,13 @@ class OcrService:
                  inflight: InflightRuns | None = None,
                  new_id: Callable[[], str] = new_task_id,
                  promote: Callable[[asyncio.Future], bool] | None = None,
-                 lasting_tasks: TaskStore | None = None) -> None:
+                 lasting_tasks: TaskStore | None = None,
+                 cluster: ClusterRuns | None = None) -> None:
         self._submit = submit
+        self.cluster = cluster  # cross-node sharing (None: this node alone)
+        # key -> the answer of the claim this node is asking for it (the cached body or None).
+        self._claiming: dict[str, asyncio.Future] = {}
+        self.engine_started = 0  # runs given to this node's pool
         # Moves a queued background job to the interactive lane (WorkerPool.promote): an
         # interactive request that joins a folder-job item's run must not wait behind the job.
         self._promote = promote
@@ -135,8 +163,10 @@ class OcrService:
         hit = await self.cache.get(key)
         if hit is not None:
             return Reading(hit=hit)
-        return Reading(run=self._run(key, job, request_id, lane,
-                                     self.probes if probe else self.inflight))
+        if probe:
+            return Reading(run=self._run(key, job, request_id, lane, self.probes))
+        run = await self._join(key, job, request_id, lane)
+        return Reading(hit=run) if isinstance(run, bytes) else Reading(run=run)
 
     async def submit_task(self, key: str, job: Any, request_id: str | None = None) -> str:
         """Starts (or joins) the run for `key` without waiting; returns the new task's id."""
@@ -147,10 +177,13 @@ class OcrService:
             return task_id
         await self.tasks.create(task_id)  # may refuse (store full) before any work starts
         try:
-            run = self._run(key, job, request_id, Lane.INTERACTIVE)
+            run = await self._join(key, job, request_id, Lane.INTERACTIVE)
         except BaseException:
             await self.tasks.discard(task_id)  # refused (queue full): the client gets no id
             raise
+        if isinstance(run, bytes):  # another node's result, found while claiming
+            await self.tasks.finish(task_id, Outcome(result=json.loads(run), body=run))
+            return task_id
         run.add_done_callback(lambda done: self._spawn(self.tasks.finish(task_id,
                                                                          done.result())))
         return task_id
@@ -216,7 +249,7 @@ class OcrService:
 
     @property
     def engine_runs(self) -> int:
-        return self.inflight.started
+        return self.engine_started
 
     def stats(self) -> dict:
         tasks = self.tasks.stats()
@@ -224,20 +257,90 @@ class OcrService:
             for name, value in self.lasting_tasks.stats().items():
                 tasks[name] = tasks.get(name, 0) + value
         return {**self.cache.stats(), "inflight": len(self.inflight),
-                **tasks, "engine_runs": self.inflight.started,
-                "shared_runs": self.inflight.joined, "document_probes": self.probes.started}
+                **tasks, "engine_runs": self.engine_started,
+                "shared_runs": self.inflight.joined, "document_probes": self.probes.started,
+                **(self.cluster.stats() if self.cluster is not None else {})}
+
+    async def _join(self, key: str, job: Any, request_id: str | None, lane: Lane
+                    ) -> asyncio.Future | bytes:
+        """The future Outcome of the run for `key`, joined here or claimed across nodes (see
+        the module's docstring), or the result's body when the claim found it cached. Without
+        a cluster (or with Redis down) this is `_run`, with no await in between."""
+        while True:
+            cluster = self.cluster
+            if cluster is None or not cluster.available or self.inflight.get(key) is not None:
+                return self._run(key, job, request_id, lane)
+            deciding = self._claiming.get(key)
+            if deciding is not None:  # this node's first request for it is asking
+                body = await asyncio.shield(deciding)
+                if body is not None:
+                    return body
+                if self.inflight.get(key) is not None:
+                    return self._run(key, job, request_id, lane)
+                continue  # its start was refused: ask again
+            deciding = asyncio.get_running_loop().create_future()
+            self._claiming[key] = deciding
+            body = None
+            try:
+                claim = await cluster.claim(key)
+                body = claim.body if claim is not None else None
+                if body is not None:
+                    return body
+                return self._run(key, job, request_id, lane, claim=claim)
+            finally:
+                del self._claiming[key]
+                deciding.set_result(body)
 
     def _run(self, key: str, job: Any, request_id: str | None, lane: Lane,
-             runs: InflightRuns | None = None) -> asyncio.Future:
+             runs: InflightRuns | None = None, claim: Claim | None = None) -> asyncio.Future:
+        """`claim`: this node's answer from the cluster (None: no cluster, or Redis down)."""
         runs = self.inflight if runs is None else runs  # (an empty table is falsy)
         if lane is Lane.INTERACTIVE and key in self._background_runs \
                 and self._promote is not None:
             self._promote(self._background_runs.pop(key))
-        return runs.join(key, lambda: self._start(key, job, request_id, lane))
+        if claim is not None and not claim.lead:
+            return runs.join(key, lambda: self._follow(key, job, request_id, lane))
+        if claim is not None and runs.get(key) is not None:  # started here meanwhile
+            self._spawn(self.cluster.release(claim))
+            claim = None
+        counted = runs is self.inflight  # probes are not engine runs
+        return runs.join(key, lambda: self._start(key, job, request_id, lane, claim, counted))
 
-    def _start(self, key: str, job: Any, request_id: str | None, lane: Lane) -> asyncio.Future:
-        pool_future = self._submit(job, request_id, lane)
+    def _follow(self, key: str, job: Any, request_id: str | None, lane: Lane
+                ) -> asyncio.Future:
+        """The future Outcome of another node's run of `key`: its result or shared error,
+        or this node's own run when it takes over or gives up (server/cluster.py)."""
         outcome_future = asyncio.get_running_loop().create_future()
+
+        async def follow() -> None:
+            try:
+                followed = await self.cluster.follow(key)
+                if followed.body is not None:
+                    outcome = Outcome(result=json.loads(followed.body), body=followed.body)
+                elif followed.error is not None:
+                    outcome = Outcome(error=followed.error)
+                else:  # took over, or gave up: run it here (a refusal raises)
+                    outcome = await self._start(key, job, request_id, lane, followed.claim)
+            except Exception as exc:  # noqa: BLE001 - the waiters must get an answer
+                outcome = Outcome(error=error_info(exc))
+            outcome_future.set_result(outcome)
+
+        self._spawn(follow())
+        return outcome_future
+
+    def _start(self, key: str, job: Any, request_id: str | None, lane: Lane,
+               claim: Claim | None = None, counted: bool = True) -> asyncio.Future:
+        try:
+            pool_future = self._submit(job, request_id, lane)
+        except BaseException:
+            if claim is not None:  # the other nodes must not wait for a run never started
+                self._spawn(self.cluster.release(claim))
+            raise
+        if counted:
+            self.engine_started += 1
+        outcome_future = asyncio.get_running_loop().create_future()
+        if claim is not None:
+            self._spawn(self.cluster.hold(claim, outcome_future))
         if lane is Lane.BACKGROUND:
             self._background_runs[key] = pool_future
             pool_future.add_done_callback(lambda _done: self._background_runs.pop(key, None))
@@ -259,6 +362,8 @@ class OcrService:
                 await self.cache.put(key, outcome.body)
                 self.results_stored += 1
             outcome_future.set_result(outcome)
+            if claim is not None:  # after the cache put: a follower told reads it there
+                await self.cluster.finish(claim, outcome.body, outcome.error)
 
         pool_future.add_done_callback(lambda done: self._spawn(settle(done)))
         return outcome_future

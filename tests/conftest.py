@@ -16,6 +16,7 @@ from ocr_engine import (
     resolve_model_set,
     setup_process,
 )
+from ocr_engine.autoselect import cpu_flags, has_native_bf16, resolve_precision
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -36,10 +37,21 @@ def eval_dir() -> Path:
     return EVAL_DIR
 
 
-def _engine(backend: str) -> OcrEngine:
-    # What a worker's bootstrap does before it builds engines.
+def _engine(backend: str, precision: str = "f32") -> OcrEngine:
+    # What a worker's bootstrap does before it builds engines; `precision` as the config's
+    # ocr.predict_system.precision ("auto" resolved for this CPU, as the server does).
     setup_process(backend, ENGINE_THREADS)
-    return OcrEngine(EngineConfig(resolve_model_set("ppocr-v4", backend), threads=ENGINE_THREADS))
+    stages = resolve_precision(backend, precision, cpu_flags())
+    return OcrEngine(EngineConfig(resolve_model_set("ppocr-v4", backend), threads=ENGINE_THREADS,
+                                  precision=stages))
+
+
+def _skip_without_native_bf16(what: str) -> None:
+    # Emulated bf16 is slower than f32 and not what the config's bf16 is for; say so visibly.
+    if not has_native_bf16(cpu_flags()):
+        reason = f"{what}: this CPU has neither AMX nor AVX512_BF16 (no native bf16)"
+        print(f"SKIPPED {reason}")
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +64,26 @@ def onnx_engine() -> OcrEngine:
 def paddle_engine() -> OcrEngine:
     """ppocr-v4 on paddle.inference with PaddleOCR's default options."""
     return _engine("paddle")
+
+
+@pytest.fixture(scope="session")
+def openvino_engine() -> OcrEngine:
+    """ppocr-v4 (the wheel's ONNX graphs) on OpenVINO in f32."""
+    return _engine("openvino")
+
+
+@pytest.fixture(scope="session")
+def openvino_autoprec_engine() -> OcrEngine:
+    """OpenVINO at precision "auto": bf16 for the stages measured to keep the text (cls)."""
+    _skip_without_native_bf16("openvino precision auto (without native bf16 it is f32)")
+    return _engine("openvino", "auto")
+
+
+@pytest.fixture(scope="session")
+def openvino_bf16_engine() -> OcrEngine:
+    """OpenVINO with every stage in bf16."""
+    _skip_without_native_bf16("openvino precision bf16")
+    return _engine("openvino", "bf16")
 
 
 @pytest.fixture(scope="session")

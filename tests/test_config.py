@@ -18,6 +18,9 @@ def test_shipped_config_loads_with_the_original_shape():
     assert config.ocr.process.number == 2 and config.ocr.process.max_task_number == 1000
     assert config.service.time == 6000 and config.service.img_number == 100
     assert config.ocr.predict_system.default_options().det_limit_type == "max"
+    # The shipped file names the default preset and sets no detection size over it.
+    assert config.ocr.predict_system.preset == "page"
+    assert "det_limit_side_len" not in config.ocr.predict_system.configured_options()
     assert config.resolve(config.service.filename_roots[0]) == ROOT / "docs" / "samples"
 
 
@@ -44,6 +47,11 @@ def test_the_original_servers_config_is_accepted(tmp_path):
     ({"service.filename_roots": "docs"}, "service.filename_roots: expected a list"),
     ({"web_server.port": True}, "web_server.port: expected an integer"),
     ({"ocr.predict_system": 3}, "ocr.predict_system.: expected an object"),
+    ({"ocr.predict_system.rec_image_shape": "3,48"},
+     "ocr.predict_system.rec_image_shape: expected three integers"),
+    ({"ocr.predict_system.rec_image_shape": "1, 48, 320"},
+     "ocr.predict_system.rec_image_shape: channels must be 3"),
+    ({"ocr.predict_system.preset": "fast"}, "ocr.predict_system.preset: must be one of"),
 ])
 def test_bad_values_name_their_key(overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -80,3 +88,15 @@ def test_readme_tables_are_generated_from_the_declarations():
     render = runpy.run_path(str(ROOT / "docs" / "readme_tables.py"), run_name="tables")["render"]
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert render(readme) == readme, "run: .venv/bin/python docs/readme_tables.py"
+
+
+def test_a_custom_recogniser_gets_the_configured_input_shape(tmp_path):
+    from server.main import build_engine_spec
+
+    onnx = ROOT / "models" / "ppocr-v4" / "onnx"
+    config = load_config(None, {
+        "ocr.predict_system.model": "mine",
+        "ocr.predict_system.det_model_dir": str(onnx / "det.onnx"),
+        "ocr.predict_system.rec_model_dir": str(onnx / "rec.onnx"),
+        "ocr.predict_system.rec_image_shape": "3, 32, 320"})
+    assert build_engine_spec(config).models["mine"].rec_image_shape == (3, 32, 320)

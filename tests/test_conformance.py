@@ -2,9 +2,14 @@
 
 tests/data/paddleocr_reference.json holds PaddleOCR 2.10 + paddlepaddle 3.3.1 output for every
 image of ../shared/eval (bench/paddleocr_reference.py): full pipeline ("det+cls+rec") on pages,
-recognition only ("rec") on word crops and licence plates. Both backends must give the same
-text on every case, boxes within 2 px and confidences within 1e-3. Three cases differ on
-purpose, all in how the file is decoded, not in the pipeline; each is tested on its own below.
+recognition only ("rec") on word crops and licence plates. Every backend and precision the
+config accepts that promises PaddleOCR's text (onnxruntime, paddle, openvino in f32, openvino at
+precision "auto") must give the same text on every case, boxes within 2 px and confidences
+within 1e-3. openvino with every stage in bf16 does not promise it (its probabilities are off
+by up to 0.04: measured, it changes the text of some pages and crops); its tests below bound how
+far it may drift instead. The bf16 variants skip, saying why, on a CPU without native bf16.
+Three cases differ on purpose, all in how the file is decoded, not in the pipeline; each is
+tested on its own below.
 
 The second half encodes the applicable assertions of the case files that come with the eval
 images (rapidocr_cases.json from RapidOCR's test suite, paddleocr_cases.json from PaddleOCR's
@@ -63,7 +68,9 @@ def _reference_images(mode: str) -> list[str]:
 FULL_PIPELINE_IMAGES = _reference_images("det+cls+rec")
 CONFORMING_IMAGES = [image for image in FULL_PIPELINE_IMAGES if image not in UNDERSTOOD_DEVIATIONS]
 WORD_CROPS = [image for image in _reference_images("rec") if not image.startswith("plates/")]
-BACKEND_FIXTURES = {"onnxruntime": "onnx_engine", "paddle": "paddle_engine"}
+# Each backend x precision that promises PaddleOCR's text, and the fixture that builds it.
+BACKEND_FIXTURES = {"onnxruntime": "onnx_engine", "paddle": "paddle_engine",
+                    "openvino": "openvino_engine", "openvino-autoprec": "openvino_autoprec_engine"}
 
 
 @pytest.fixture(params=sorted(BACKEND_FIXTURES))
@@ -437,3 +444,50 @@ def _similarity(first: str, second: str) -> float:
                                previous[j - 1] + (char != other)))
         previous = current
     return 1 - previous[-1] / max(len(first), len(second))
+
+
+# ---------------------------------------------------------------- openvino, every stage in bf16
+# bf16 does not promise PaddleOCR's text: measured on this eval set (2026-12-01, AMX CPU, two
+# runs alike), 28 of the 53 conforming pages read alike, 216 of the 220 word and plate crops,
+# character error rate 0.0115 over all of them; a few pages gain or lose a line. These bounds
+# hold it to that drift with a margin for another CPU's rounding, so a broken bf16 path
+# (garbage, a dropped stage) still fails.
+BF16_MIN_SAME_PAGES = 0.4
+BF16_MIN_SAME_CROPS = 0.95
+BF16_MAX_CHARACTER_ERROR_RATE = 0.03  # edits / characters over all cases
+
+
+def _edits(first: str, second: str) -> int:
+    previous = list(range(len(second) + 1))
+    for i, char in enumerate(first, 1):
+        current = [i]
+        for j, other in enumerate(second, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (char != other)))
+        previous = current
+    return previous[-1]
+
+
+@pytest.mark.slow
+def test_bf16_stays_close_to_paddleocr(openvino_bf16_engine: OcrEngine, reference: dict,
+                                       read_eval_image) -> None:
+    same = {"pages": 0, "crops": 0}
+    total = {"pages": 0, "crops": 0}
+    edits = characters = 0
+    for image in CONFORMING_IMAGES + [image for image in reference["cases"]
+                                      if reference["cases"][image]["mode"] == "rec"]:
+        case = reference["cases"][image]
+        kind = "crops" if case["mode"] == "rec" else "pages"
+        options = RECOGNITION_ONLY if kind == "crops" else None
+        ours = "\n".join(texts(read_eval_image(openvino_bf16_engine, image, options)))
+        theirs = "\n".join(line["text"] for line in case["lines"])
+        total[kind] += 1
+        same[kind] += ours == theirs
+        edits += _edits(ours, theirs)
+        characters += len(theirs)
+    rate = edits / characters
+    print(f"openvino bf16: {same['pages']}/{total['pages']} pages and {same['crops']}/"
+          f"{total['crops']} crops read as PaddleOCR; character error rate {rate:.4f}")
+    assert same["pages"] >= BF16_MIN_SAME_PAGES * total["pages"]
+    assert same["crops"] >= BF16_MIN_SAME_CROPS * total["crops"]
+    assert rate <= BF16_MAX_CHARACTER_ERROR_RATE

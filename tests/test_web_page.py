@@ -309,8 +309,10 @@ def test_page_and_files_are_served_with_their_types_and_caching(server: Server):
     settings = json.loads(server.request("GET", "/web/settings").body)
     assert settings["models"] == ["ppocr-v4"] and settings["default_model"] == "ppocr-v4"
     options = {option["name"]: option for option in settings["options"]}
-    assert options["det_limit_side_len"]["default"] == 960
-    assert options["det_limit_type"]["enum"] == ["max", "min"]
+    # The server's defaults: the page preset's (config.json names it).
+    assert options["det_limit_side_len"]["default"] == 1280
+    assert options["det_limit_type"]["default"] == "page"
+    assert options["det_limit_type"]["enum"] == ["max", "min", "page"]
     assert options["drop_score"]["minimum"] == 0 and options["drop_score"]["maximum"] == 1
     documents = {option["name"]: option for option in settings["document_options"]}
     assert list(documents) == ["pages", "dpi", "pdf_text", "password"]
@@ -339,7 +341,7 @@ def test_the_page_reads_the_receipt_like_the_api(server: Server, browser: webdri
     assert browser.find_element(By.ID, "token-state").text == "API token saved"
     assert browser.execute_script(
         "return localStorage.getItem('ppocr-server.api-token')") == server.token
-    assert browser.find_element(By.ID, "opt-det_limit_side_len").get_attribute("value") == "960"
+    assert browser.find_element(By.ID, "opt-det_limit_side_len").get_attribute("value") == "1280"
     choose_file(browser, RECEIPT)
     items = wait_for_lines(browser)
 

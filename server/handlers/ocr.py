@@ -66,14 +66,14 @@ class OcrServiceHandler(BaseHandler):
         timeout = self.ctx.http.request_timeout
         try:
             reading = await ocr.begin(key, job, self.request_id)
-            body, cached = await asyncio.wait_for(reading.encoded(), timeout)
+            encoded = await asyncio.wait_for(reading.encoded(), timeout)
         except TimeoutError:
             raise ApiError("timeout", f"no result within {timeout:g} s; the image is still "
                            "being read and will be cached") from None
-        self.log_fields = {"cached": cached}
+        self.log_fields = {"cached": encoded.cached, "engine_ms": encoded.engine_ms}
         # The result's stored encoding is spliced in as it is: a cache hit costs no decoding
         # and no encoding, only this short header.
-        self.send_encoded(done_head(new_task_id(), cached, started), body)
+        self.send_encoded(done_head(new_task_id(), encoded.cached, started), encoded.body)
 
     async def _original(self, request: OcrRequest, key: str, job: OcrJob) -> None:
         """The original server's answer: its bare list, or null for a non-blocking submit

@@ -23,7 +23,14 @@ class ReadyHandler(BaseHandler):
                         "draining": lifecycle.draining, "workers": stats["ready"],
                         "size": stats["size"], "busy": stats["busy"], "queued": stats["queued"],
                         "queued_background": stats["queued_background"],
-                        **services.ocr.stats()}, status=200 if ready else 503)
+                        **self._backend(), **services.ocr.stats()},
+                       status=200 if ready else 503)
+
+    def _backend(self) -> dict:
+        # The workers' backend and how it was chosen ("measurement" for backend auto); absent
+        # for a pool whose spec is not an engine's (the tests' echo workers).
+        choice = getattr(self.ctx.services.pool.spec, "backend_choice", None)
+        return {"backend": choice} if choice else {}
 
 
 class NotFoundHandler(BaseHandler):

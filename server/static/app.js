@@ -29,7 +29,10 @@
     password: "Password",
   };
   const CHOICE_LABELS = {
-    det_limit_type: {max: "max: longest side at most", min: "min: shortest side at least"},
+    det_limit_type: {max: "max: longest side at most", min: "min: shortest side at least",
+      page: "page: own size, longest side at most"},
+    text_grammar: {none: "none: any text", plate: "plate: Chinese licence plates only"},
+    cls_long_lines: {squeeze: "squeeze: whole (PaddleOCR)", windows: "windows: in pieces"},
     pdf_text: {ocr: "ocr: read the rendered page", auto: "auto: its text layer where it has one",
       only: "only: the text layer, no OCR"},
   };
