@@ -59,14 +59,14 @@ _PADDLEOCR = {
 }
 
 # The page rule (limits.detection_size, type "page"): the image's own resolution, its longer
-# side brought down to at most 1280 px. Measured on A4 pages of 6-16 pt print rendered at
-# 100, 150, 200 and 300 dpi (bench/page_rule.py): all 40 lines read at every resolution, where
-# max/960 loses a 6 pt line at 100, 150 and 300 dpi; PaddleOCR 3.x's resolution-preserving
-# min/64 reads them too, at 2.1x the page rule's time on the 300 dpi page and more on large
-# photos. On the shared eval images it costs +9% over max/960 (docs/BENCHMARKS.md).
-# With the direction classifier on (the default), a page's full-width lines (35:1) squeezed
-# into its 48x192 input come out turned 180 degrees: 3-4 of 40 lines at every dpi; read in
-# windows, none (tests/test_page_rule.py).
+# side brought down to at most 1280 px, and the direction classifier reading long lines in
+# windows. Measured on A4 pages of 6-16 pt print rendered at 100, 150, 200 and 300 dpi
+# (bench/page_rule.py, classifier on): all 40 lines read at every resolution. Squeezed into
+# the classifier's 48x192 input (PaddleOCR's way), a page's full-width lines (35:1) come out
+# turned 180 degrees and are lost (27-37 of 40 read, whatever the detection rule); with the
+# classifier off, max/960 still loses a 6 pt line at 100, 150 and 300 dpi. PaddleOCR 3.x's
+# resolution-preserving min/64 costs 12x max/960 on a 12 Mpx photo, this 1.4x. On the shared
+# eval images the preset costs +7.5% CPU over max/960 (docs/BENCHMARKS.md).
 _PAGE = {"det_limit_type": "page", "det_limit_side_len": 1280, "cls_long_lines": "windows"}
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({preset.name: preset for preset in (

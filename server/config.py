@@ -79,7 +79,8 @@ class WebServerConfig:
     log_format: str = _key("text", "log lines as text, or json (one object per line, with the "
                            "access log's fields) for log shippers", choices=("text", "json"))
     event_loop: str = _key("auto", "the front end's event loop: uvloop (needs the uvloop "
-                           "package), asyncio, or auto: uvloop when it is installed",
+                           "package, not installed by default: it did not pay on measurement), "
+                           "asyncio, or auto: uvloop when it is installed",
                            choices=EVENT_LOOPS)
     metrics: bool = _key(True, "serve Prometheus metrics at GET /metrics; false = 404")
     metrics_public: bool = _key(False, "true: /metrics answers without api_token (a scraper on "

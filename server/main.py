@@ -334,8 +334,9 @@ def run(config: Config) -> int:
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop for "uvloop" (ImportError when it is missing) and for "auto" when it is
-    installed; None (asyncio's own) otherwise. Tornado runs on either. uvloop cut the CPU a
-    cache hit costs the front end (docs/BENCHMARKS.md, "Cache hits")."""
+    installed; None (asyncio's own) otherwise. Tornado runs on either. Measured, uvloop did not
+    pay (cache hits within 3% either way, docs/BENCHMARKS.md "Cache hits against the
+    framework"), so it is not installed by default; requirements-bench.txt pins it."""
     if choice == "asyncio":
         return None
     try:
