@@ -111,14 +111,16 @@ def choose_backend(config: Config) -> BackendChoice:
                                {"reason": "custom model files: the backend of their format"})
     else:
         try:
-            choice = select_backend(system.precision, config.threads_per_worker,
-                                    config.resolve(system.models_dir), system.model,
-                                    config.resolve(config.service.state_dir))
+            # Kept with the models it was measured on (keyed by CPU flags, package versions,
+            # model files and threads): every server on this machine using them reuses it.
+            models_dir = config.resolve(system.models_dir)
+            choice = select_backend(system.precision, config.threads_per_worker, models_dir,
+                                    system.model, models_dir)
         except AutoSelectError as exc:
             raise ModelNotFoundError(f"backend auto: {exc}") from None
     log.info("backend %s, precision %s (chosen by %s%s)", choice.name,
              choice.precision.describe(), choice.chosen_by,
-             ", reused from service.state_dir" if choice.details.get("reused") else "")
+             ", reused from the models folder" if choice.details.get("reused") else "")
     return choice
 
 

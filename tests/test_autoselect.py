@@ -191,8 +191,9 @@ def test_real_measurement_on_the_calibration_page(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the server's wiring
 
 class TestAutoBackendServer(AppTestCase):
-    """backend "auto" through server.main.build_engine_spec and /ready. The choice file in
-    service.state_dir is seeded first (by select_backend itself, with fake timings that make
+    """backend "auto" through server.main.build_engine_spec and /ready. The choice file in the
+    models folder (a temporary one linking the real set, so the machine's own choice file is
+    left alone) is seeded first (by select_backend itself, with fake timings that make
     openvino the fastest), so the server reuses it instead of measuring for a minute: the
     workers must then run openvino, and /ready say it was chosen by measurement."""
 
@@ -202,13 +203,16 @@ class TestAutoBackendServer(AppTestCase):
     def get_app(self):
         from ocr_engine.backends import BACKENDS
 
-        state_dir = self.tmp_path / "state"
+        models_dir = self.tmp_path / "models"
+        models_dir.mkdir()
+        (models_dir / "manifest.json").write_bytes((ROOT / "models" / "manifest.json").read_bytes())
+        (models_dir / "ppocr-v4").symlink_to(ROOT / "models" / "ppocr-v4")
         self.overrides = {"ocr.predict_system.backend": "auto",
-                          "service.state_dir": str(state_dir)}
+                          "ocr.predict_system.models_dir": str(models_dir)}
         timings = {(name, precision): 900.0 for name in BACKENDS
                    for precision in ("f32", "bf16", "det=f32,cls=bf16,rec=f32")}
         timings["openvino", "f32"] = 100.0
-        self.seeded = select_backend("f32", 1, ROOT / "models", "ppocr-v4", state_dir,
+        self.seeded = select_backend("f32", 1, models_dir, "ppocr-v4", models_dir,
                                      measure=FakeMeasure(timings))
         return super().get_app()
 
