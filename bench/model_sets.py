@@ -51,6 +51,7 @@ from ocr_engine.models import (  # noqa: E402
     load_manifest,
     resolve_model_set,
 )
+from server.testing import edit_distance, squeezed  # noqa: E402
 
 EVAL_DIR = ROOT.parent / "shared" / "eval"
 REFERENCE_FILE = ROOT / "tests" / "data" / "paddleocr_reference.json"
@@ -68,19 +69,6 @@ WORD_CASES = ("pp_word_1", "pp_word_4_rec", "pp_word_10_rec_ch", "pp_word_2", "p
 CASE_INSENSITIVE_WORD_CASES = ("pp_word_336", "pp_word_en_1")
 
 
-def edit_distance(first: str, second: str) -> int:
-    previous = list(range(len(second) + 1))
-    for i, char in enumerate(first, 1):
-        current = [i]
-        for j, other in enumerate(second, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (char != other)))
-        previous = current
-    return previous[-1]
-
-
-def squeezed(text: str) -> str:
-    return "".join(text.split())
 
 
 def page_cases() -> list[tuple[str, str]]:

@@ -172,16 +172,6 @@ def normalise(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).split())
 
 
-def edit_distance(a: str, b: str) -> int:
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, 1):
-        current = [i]
-        for j, char_b in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1]
-
 
 def line_cers(page: Page, found: Iterable[tuple[str, Sequence[Sequence[float]]]]) -> list[float]:
     """CER of every drawn line against the text of the found lines whose box centre falls in
@@ -203,6 +193,8 @@ def line_cers(page: Page, found: Iterable[tuple[str, Sequence[Sequence[float]]]]
                     best, best_distance = index, distance
         if best is not None:
             bands[best].append((centre_x, text))
+    from server.testing import edit_distance  # lazily: main() puts the repository on sys.path
+
     cers = []
     for line, band in zip(page.lines, bands):
         truth = normalise(line.text)

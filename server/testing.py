@@ -313,6 +313,25 @@ class RssSampler:
         self.stop()
 
 
+def edit_distance(first: str, second: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions): character errors of an OCR
+    reading against its reference, for the tests' and benchmarks' CER."""
+    previous = list(range(len(second) + 1))
+    for i, char in enumerate(first, 1):
+        current = [i]
+        for j, other in enumerate(second, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (char != other)))
+        previous = current
+    return previous[-1]
+
+
+def squeezed(text: str) -> str:
+    """`text` without any whitespace (line breaks and spacing differ between readers)."""
+    return "".join(text.split())
+
+
 __all__ = ["ROOT", "MODELS_DIR", "LOOPBACK", "ServerExited", "ServerProcess", "RssSampler",
            "free_port", "wait_for", "multipart", "request", "get_json", "server_config",
-           "process_tree", "cpu_seconds", "busy_cpu_seconds", "tree_rss"]
+           "process_tree", "cpu_seconds", "busy_cpu_seconds", "tree_rss", "edit_distance",
+           "squeezed"]

@@ -32,6 +32,7 @@ from PIL import Image
 from shapely.geometry import Polygon
 
 from ocr_engine import InvalidImageError, OcrEngine, OcrOptions, OcrResult, TextLine, decode_image
+from server.testing import edit_distance
 
 REFERENCE_FILE = Path(__file__).resolve().parent / "data" / "paddleocr_reference.json"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -457,16 +458,6 @@ BF16_MIN_SAME_CROPS = 0.95
 BF16_MAX_CHARACTER_ERROR_RATE = 0.03  # edits / characters over all cases
 
 
-def _edits(first: str, second: str) -> int:
-    previous = list(range(len(second) + 1))
-    for i, char in enumerate(first, 1):
-        current = [i]
-        for j, other in enumerate(second, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (char != other)))
-        previous = current
-    return previous[-1]
-
 
 @pytest.mark.slow
 def test_bf16_stays_close_to_paddleocr(openvino_bf16_engine: OcrEngine, reference: dict,
@@ -483,7 +474,7 @@ def test_bf16_stays_close_to_paddleocr(openvino_bf16_engine: OcrEngine, referenc
         theirs = "\n".join(line["text"] for line in case["lines"])
         total[kind] += 1
         same[kind] += ours == theirs
-        edits += _edits(ours, theirs)
+        edits += edit_distance(ours, theirs)
         characters += len(theirs)
     rate = edits / characters
     print(f"openvino bf16: {same['pages']}/{total['pages']} pages and {same['crops']}/"

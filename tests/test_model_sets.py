@@ -41,6 +41,7 @@ from ocr_engine.models import (
 )
 from ocr_engine.models.__main__ import list_sets
 from ocr_engine.pipeline import rec_input_shape
+from server.testing import edit_distance, squeezed
 from tests.app_testing import AppTestCase
 from tests.conftest import EVAL_DIR, REFERENCE_FILE
 
@@ -92,19 +93,6 @@ def fetch_or_skip(action):
         raise
 
 
-def edit_distance(first: str, second: str) -> int:
-    previous = list(range(len(second) + 1))
-    for i, char in enumerate(first, 1):
-        current = [i]
-        for j, other in enumerate(second, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (char != other)))
-        previous = current
-    return previous[-1]
-
-
-def squeezed(text: str) -> str:
-    return "".join(text.split())
 
 
 @pytest.fixture(scope="module")
