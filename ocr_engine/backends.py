@@ -245,13 +245,22 @@ class OpenVinoSession:
             "INFERENCE_PRECISION_HINT": precision,
             "CPU_RUNTIME_CACHE_CAPACITY": runtime_cache,
         })
+        self._compiled = compiled
         self._request = compiled.create_infer_request()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         # share_inputs: no copy of the (possibly 100 MB) input; the output is copied out of the
         # request's buffer, which the next run overwrites.
         self._request.infer({0: batch}, share_inputs=True)
-        return self._request.get_output_tensor(0).data.copy()
+        output = self._request.get_output_tensor(0).data.copy()
+        if batch.size > SHRINK_ARENA_ABOVE:
+            # The compiled model keeps the intermediate buffers of the largest input it has
+            # run: after the worst inputs the limits allow, a worker held 1.85 GB until it was
+            # recycled. release_memory() hands them back (the engine then trims the heap:
+            # memory.py), as the arena shrinkage does for onnxruntime; ordinary pages stay
+            # under this size and pay nothing.
+            self._compiled.release_memory()
+        return output
 
 
 def _onnx_metadata(model) -> dict[str, str]:
