@@ -55,6 +55,8 @@ class TestWorstCaseMemory(ServerTestCase):
             assert response.code == 200, (options, response.body[:300])
             assert isinstance(json.loads(response.body)["lines"], list)
         peak, held = status_mib(worker, "VmHWM"), status_mib(worker, "VmRSS")
+        print(f"worst inputs on {self.pool.spec.backend}: worker peak {peak:.0f} MiB, "
+              f"held {held:.0f} MiB")
         assert worker in self.pool.worker_pids()  # not recycled, not killed
         assert peak < PEAK_BOUND_MIB, f"worker peak {peak:.0f} MiB"
         assert held < HELD_BOUND_MIB, f"worker holds {held:.0f} MiB after the worst inputs"
