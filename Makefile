@@ -83,8 +83,8 @@ cluster-deps:
 	  apt-get install -y --no-install-recommends $(CLUSTER_PACKAGES) || { \
 	  echo "the pinned redis-server / nginx builds are gone from Debian's security archive (it"; \
 	  echo "keeps only the newest): installing Debian's current redis-server and nginx instead"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
-	    redis-tools nginx nginx-common; }; }; }
+	  DEBIAN_FRONTEND=noninteractive apt-get install redis-server redis-tools nginx nginx-common \
+	    -y --no-install-recommends; }; }; }
 
 test: models $(SWAGGER_UI) browser cluster-deps
 	$(PY) -m ruff check .

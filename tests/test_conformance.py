@@ -437,14 +437,7 @@ def _similarity(first: str, second: str) -> float:
     """1 - Levenshtein distance / longer length, as PaddleOCR's web CI computes it."""
     if not first or not second:
         return 0.0
-    previous = list(range(len(second) + 1))
-    for i, char in enumerate(first, 1):
-        current = [i]
-        for j, other in enumerate(second, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (char != other)))
-        previous = current
-    return 1 - previous[-1] / max(len(first), len(second))
+    return 1 - edit_distance(first, second) / max(len(first), len(second))
 
 
 # ---------------------------------------------------------------- openvino, every stage in bf16
