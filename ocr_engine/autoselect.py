@@ -193,7 +193,9 @@ def load_choice(folder: Path, key: str) -> BackendChoice | None:
 
 def store_choice(folder: Path, key: str, choice: BackendChoice) -> None:
     """Adds `choice` under `key` to the choice file, written whole to a temporary file and
-    renamed, so a crash never leaves half a file behind."""
+    renamed, so a crash never leaves half a file behind. The temporary file's name is this
+    process's own: two servers starting at once on one models folder (a node pair on one host,
+    a parallel test run) each rename a whole file, and the last one's stands."""
     path = folder / CHOICE_FILE
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
@@ -204,7 +206,7 @@ def store_choice(folder: Path, key: str, choice: BackendChoice) -> None:
     stored[key] = {"name": choice.name, "precision": choice.precision.describe(),
                    "details": choice.details}
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(stored, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(temporary, path)
 

@@ -105,7 +105,9 @@ class OcrEngine:
                                          config.rec_batch_size, limits, buckets)
         self.classifier = None
         if models.cls is not None:
-            cls_session = backend.open_session(models.cls, config.threads, precision.cls)
+            # Always 48x192 at batch sizes up to cls_batch_size: a few shapes only.
+            cls_session = backend.open_session(models.cls, config.threads, precision.cls,
+                                               few_shapes=True)
             self.classifier = TextClassifier(cls_session, batch_size=config.cls_batch_size,
                                              limits=limits)
 

@@ -98,27 +98,25 @@ def page_options(engine: OcrEngine, **changes) -> OcrOptions:
 
 
 def test_the_page_rule_reads_every_line_where_max_960_does_not(onnx_engine, pages) -> None:
-    lost_by_page_rule, lost_by_max_960 = {}, {}
-    for dpi, page in pages.items():
-        cers = read_page(onnx_engine, page, page_options(onnx_engine))
-        lost_by_page_rule[dpi] = [(i, page.lines[i].points, round(cer, 3))
-                                  for i, cer in enumerate(cers) if cer > READ_CER]
-        cers = read_page(onnx_engine, page, page_options(
-            onnx_engine, det_limit_type="max", det_limit_side_len=960))
-        lost_by_max_960[dpi] = [(i, page.lines[i].points, round(cer, 3))
-                                for i, cer in enumerate(cers) if cer > READ_CER]
-    assert all(not lost for lost in lost_by_page_rule.values()), lost_by_page_rule
-    # The rule is what reads them: PaddleOCR's default loses small print on some page.
-    assert sum(len(lost) for lost in lost_by_max_960.values()) >= 1, lost_by_max_960
-    assert all(points <= 7.0 for lost in lost_by_max_960.values() for _, points, _ in lost)
+    def lost(page: Page, options: OcrOptions) -> list[tuple[int, float, float]]:
+        return [(i, page.lines[i].points, round(cer, 3))
+                for i, cer in enumerate(read_page(onnx_engine, page, options)) if cer > READ_CER]
+
+    lost_by_page_rule = {dpi: lost(page, page_options(onnx_engine))
+                         for dpi, page in pages.items()}
+    assert all(not lines for lines in lost_by_page_rule.values()), lost_by_page_rule
+    # The rule is what reads them: PaddleOCR's default loses small print. Checked on the
+    # issue's page (A4 at 150 dpi, 1240x1754); bench/page_rule.py measures it at every dpi
+    # (33-35 of 40 lines read).
+    lost_by_max_960 = lost(pages[150], page_options(onnx_engine, det_limit_type="max",
+                                                    det_limit_side_len=960))
+    assert len(lost_by_max_960) >= 1, lost_by_max_960
+    assert all(points <= 7.0 for _, points, _ in lost_by_max_960)
 
 
 def test_squeezed_into_the_classifier_long_lines_come_out_turned(onnx_engine, pages) -> None:
     # Why the page preset reads long lines in windows: squeezed whole into 48x192 (PaddleOCR's
-    # way), full-width lines of a page read as upside down, and are lost, at every dpi.
-    lost = {}
-    for dpi in (150, 300):
-        cers = read_page(onnx_engine, pages[dpi], page_options(onnx_engine,
-                                                               cls_long_lines="squeeze"))
-        lost[dpi] = sum(cer > READ_CER for cer in cers)
-    assert all(count >= 1 for count in lost.values()), lost
+    # way), full-width lines of a page read as upside down, and are lost (at every dpi in
+    # bench/page_rule.py; checked here at 150).
+    cers = read_page(onnx_engine, pages[150], page_options(onnx_engine, cls_long_lines="squeeze"))
+    assert sum(cer > READ_CER for cer in cers) >= 1, cers
