@@ -254,6 +254,7 @@ class OpenVinoSession:
         })
         self._compiled = compiled
         self._request = compiled.create_infer_request()
+        self.runtime_cache = runtime_cache  # the plugin does not report it back
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         # share_inputs: no copy of the (possibly 100 MB) input; the output is copied out of the

@@ -14,7 +14,13 @@ import pytest
 
 from ocr_engine import BackendSetupError, ModelNotFoundError
 from ocr_engine.autoselect import cpu_flags, has_native_bf16
-from ocr_engine.backends import OnnxSession, OpenVinoSession, get_backend
+from ocr_engine.backends import (
+    OPENVINO_FEW_SHAPES_CACHE,
+    OPENVINO_RUNTIME_CACHE,
+    OnnxSession,
+    OpenVinoSession,
+    get_backend,
+)
 from ocr_engine.models import resolve_model_set
 from server.config import ConfigError, load_config
 from tests.app_testing import ROOT, AppTestCase
@@ -109,6 +115,29 @@ def test_memory_grows_far_less_over_new_input_shapes_without_the_runtime_cache()
     print(f"openvino det, RSS growth over 40 new shapes: {ours:.0f} MB without the runtime "
           f"cache, {default:.0f} MB with the plugin's default")
     assert default > 2 * ours
+
+
+def test_only_the_classifier_keeps_the_runtime_cache(openvino_engine) -> None:
+    """Detection and recognition see new shapes with every image: cache off. The classifier
+    always reads 48x192 at batch sizes up to cls_batch_size, so it keeps the plugin's cache."""
+    assert openvino_engine.detector.session.runtime_cache == OPENVINO_RUNTIME_CACHE == 0
+    assert openvino_engine.recognizer.session.runtime_cache == 0
+    assert openvino_engine.classifier.session.runtime_cache == OPENVINO_FEW_SHAPES_CACHE > 0
+
+
+def test_the_classifier_cache_stops_growing_once_its_shapes_are_seen() -> None:
+    session = get_backend("openvino").open_session(WHEEL.cls, 1, "f32", few_shapes=True)
+    rows = np.zeros((6, 3, 48, 192), np.float32)
+    for size in range(1, 7):  # every batch size the engine sends
+        session.run(rows[:size])
+    process = psutil.Process()
+    before = process.memory_info().rss
+    for _ in range(5):
+        for size in range(1, 7):
+            session.run(rows[:size])
+    grown = (process.memory_info().rss - before) / 2**20
+    print(f"openvino cls with its runtime cache: {grown:.1f} MB over 30 more runs")
+    assert grown < 10
 
 
 # ---------------------------------------------------------------- config
