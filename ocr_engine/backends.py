@@ -220,10 +220,12 @@ class OpenVinoSession:
     (`bounded_shapes`). The price of no cache: a shape seen before is prepared again. On
     varied images (bench/engine.py's set, interleaved, same text throughout) the engine took
     0.85x onnxruntime's time with the cache off, 0.71x at 200 entries, 0.65x at 1000 and 0.55x
-    with the default 5000: a capacity between is the next thing to measure against the 1 GB
-    bound (docs/BENCHMARKS.md); 0 is the one measured to stay flat. The classifier is the
-    exception (`few_shapes`): its inputs are always 48x192 at batch sizes up to 6, so it keeps
-    the plugin's cache, bounded by those shapes, and saves the re-preparation of every batch.
+    with the default 5000; but at 300 entries a whole engine held 1,087 MB after 400 varied
+    images (766 MB after 1,000 as set here), over the 1 GB a worker may hold, and with shapes
+    that keep changing a few hundred entries hold a few shapes only (docs/BENCHMARKS.md). The
+    classifier is the exception (`few_shapes`): its inputs are always 48x192 at batch sizes up
+    to 6, so it keeps the plugin's cache, bounded by those shapes, and saves re-preparing every
+    batch (its stage went from 51 to 25-35 ms on the benchmark page).
 
     LATENCY with one stream and `threads` inference threads: one request at a time, as the
     engine calls it. Pinning is off: several workers share the cores, and pinned threads of
