@@ -114,8 +114,9 @@ class PredictSystemConfig:
     backend: str = _key("auto", "inference backend; auto: at first start each installed "
                         "backend (onnxruntime, openvino, paddle if installed) is timed at "
                         "`precision` on a calibration page and the fastest that reads it like "
-                        "onnxruntime in f32 is used (the choice is stored in service.state_dir "
-                        "and shown in /ready)", choices=("auto", *BACKEND_NAMES))
+                        "onnxruntime in f32 is used (the choice is stored in "
+                        "<models_dir>/backend-choice.json and shown in /ready)",
+                        choices=("auto", *BACKEND_NAMES))
     precision: str = _key("f32", "compute precision: f32 (every backend; identical text); "
                           "bf16 (openvino only, on AMX or AVX512_BF16 about twice as fast, "
                           "scores off by up to 0.04, text may change); auto: bf16 for the "
