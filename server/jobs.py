@@ -54,7 +54,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import stat
 import time
 import zipfile
@@ -79,6 +78,7 @@ from .request import RequestPolicy, clip, given_options, loaded_model, request_s
 from .sandbox import open_in_roots, read_sandboxed
 from .service import OcrService, request_key
 from .store import FINISHED_STATUSES, ItemOutcome, ItemSpec, JobItem, JobRecord, JobStore
+from .store.files import remove_tree, write_synced
 
 if TYPE_CHECKING:  # the Redis store is only imported where service.redis_url is set
     from .store.redis_jobs import RedisJobStore, StreamEntry
@@ -105,7 +105,6 @@ _ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\
                   b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07", b"\x28\xb5\x2f\xfd")
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_SPOOL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_CHUNK = 1 << 20
 
 
@@ -393,15 +392,7 @@ class Archive:
 
     def _spool_entry(self, dir_fd: int, name: str, info: zipfile.ZipInfo,
                      max_entry_bytes: int) -> None:
-        out = os.open(name, _SPOOL_FLAGS, 0o600, dir_fd=dir_fd)
-        try:
-            for chunk in self._entry_chunks(info, max_entry_bytes):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out, view):]
-            os.fsync(out)
-        finally:
-            os.close(out)
+        write_synced(dir_fd, name, self._entry_chunks(info, max_entry_bytes))
 
     def _entry_chunks(self, info: zipfile.ZipInfo, max_entry_bytes: int) -> Iterator[bytes]:
         """The entry's bytes, checked as they are unpacked: no archive inside, no more than
@@ -1264,10 +1255,5 @@ def _store_down(exc: BaseException) -> bool:
 
 
 def _remove_tree(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+    # Clean-up off the loop: what cannot be removed now is left, never an error in the job.
+    remove_tree(path, ignore_errors=True)

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sqlite3
 import time
 from collections import OrderedDict
@@ -57,6 +56,7 @@ from . import (
     SpoolLost,
     TaskState,
 )
+from .files import remove_tree, write_synced
 from .memory import TaskStoreFull
 
 log = logging.getLogger("ppocr.store")
@@ -387,7 +387,6 @@ CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks (finished_at);
 """
 SPOOL_MANIFEST = "request.json"  # in a task's spool folder, beside its files
 _SPOOL_NAME = re.compile(r"^[a-z0-9-]{1,64}$")  # a spooled file's name (no dot: no clash)
-_SPOOL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class SqliteTaskStore(_SqliteFile):
@@ -636,21 +635,21 @@ class SqliteTaskStore(_SqliteFile):
         manifest = json.dumps({"fields": request.fields, "files": list(request.files)},
                               ensure_ascii=False, separators=(",", ":")).encode()
         partial = self.spool_dir / f".{task_id}.partial"
-        _remove_tree(partial)
+        remove_tree(partial)
         partial.mkdir(mode=0o700)
         try:
             dir_fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 for name, data in request.files.items():
-                    _write_synced(dir_fd, name, data)
-                _write_synced(dir_fd, SPOOL_MANIFEST, manifest)
+                    write_synced(dir_fd, name, (data,))
+                write_synced(dir_fd, SPOOL_MANIFEST, (manifest,))
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
             os.rename(partial, self.spool_dir / task_id)
             _fsync_folder(self.spool_dir)
         except BaseException:
-            _remove_tree(partial)
+            remove_tree(partial)
             raise
 
     def _read_spool(self, task_id: str) -> SpooledRequest:
@@ -671,7 +670,7 @@ class SqliteTaskStore(_SqliteFile):
                             details=f"{folder}: {type(exc).__name__}: {exc}") from None
 
     def _remove_spool(self, task_id: str) -> None:
-        _remove_tree(self.spool_dir / task_id)
+        remove_tree(self.spool_dir / task_id)
 
     def _remove_orphaned_spools(self, pending: set[str]) -> None:
         """Spool folders of no pending task: a crash before the row was committed or after
@@ -680,24 +679,13 @@ class SqliteTaskStore(_SqliteFile):
         for name in os.listdir(self.spool_dir):
             if name not in pending:
                 try:
-                    _remove_tree(self.spool_dir / name)
+                    remove_tree(self.spool_dir / name)
                 except OSError as exc:
                     log.warning("cannot delete %s: %s", self.spool_dir / name, exc)
                     continue
                 removed += 1
         if removed:
             log.info("deleted %d spooled task request(s) no pending task needs", removed)
-
-
-def _write_synced(dir_fd: int, name: str, data: bytes) -> None:
-    out = os.open(name, _SPOOL_FLAGS, 0o600, dir_fd=dir_fd)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(out, view):]
-        os.fsync(out)
-    finally:
-        os.close(out)
 
 
 def _fsync_folder(path: Path) -> None:
@@ -708,9 +696,3 @@ def _fsync_folder(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_tree(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
