@@ -6,6 +6,7 @@
   names (a 1e6 pt MediaBox, 2,000 pages, nesting far past any parser's limit, a self-drawing form,
   one declared-huge image on many pages).
 - `multipart`: the form body that uploads such documents, one 'file' part each.
+- `pixel_variant`: an image with one pixel changed, as PNG: a new cache key, the same reading.
 """
 
 from __future__ import annotations
@@ -114,6 +115,16 @@ def self_drawing_form_pdf() -> bytes:
                   b"0 0 m 10 10 l S q 0.9 0 0 0.9 5 5 cm /Fm1 Do Q /Fm1 Do")
     return pages_pdf(1, content=b"/Fm1 Do", resources=b"<< /XObject << /Fm1 4 0 R >> >>",
                      extra_objects=[form])
+
+
+def pixel_variant(path: Path, index: int) -> bytes:
+    """The image at `path` with one pixel changed (a new cache key, the same reading), as PNG;
+    a different image for each `index`."""
+    image = Image.open(path).convert("RGB")
+    image.putpixel((index % image.width, 0), (index * 37 % 256, 3, 3))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
 
 
 def images_pdf(images: Sequence[Path | Image.Image], dpi: float = 100.0) -> bytes:

@@ -114,6 +114,17 @@ http {{
 
 # ---------------------------------------------------------------- processes
 
+def _end(proc: subprocess.Popen | None, signum: int, timeout: float) -> None:
+    """Sends `signum` to a running `proc` and waits for it; SIGKILL after `timeout` s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signum)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection((LOOPBACK, port), timeout=0.5):
@@ -175,13 +186,7 @@ class RedisServer:
 
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM (no save: persistence is off) and wait; the port is free afterwards."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _end(self.proc, signal.SIGTERM, timeout)
         self.proc = None
 
     def kill(self) -> None:
@@ -244,13 +249,7 @@ class Nginx:
         return self
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: workers finish their requests
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _end(self.proc, signal.SIGQUIT, timeout)  # graceful: workers finish their requests
         self.proc = None
 
     def __enter__(self) -> Nginx:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,6 +72,32 @@ def fast_link(server: RedisServer, **kwargs) -> RedisLink:
     # A stopped Redis refuses connections at once; the timeout only guards against a machine
     # so loaded that a healthy round trip is slow (which would read as an outage).
     return RedisLink(server.url, timeout=2.0, check_interval=0.05, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def two_links(server: RedisServer) -> AsyncIterator[tuple[RedisLink, RedisLink]]:
+    """Two nodes' links to `server`, started; closed after the block."""
+    links = fast_link(server), fast_link(server)
+    for link in links:
+        await link.start()
+    try:
+        yield links
+    finally:
+        for link in links:
+            await link.close()
+
+
+@contextlib.asynccontextmanager
+async def two_mirrors(links: tuple[RedisLink, RedisLink], lease: float = 30
+                      ) -> AsyncIterator[tuple[RedisTaskMirror, RedisTaskMirror]]:
+    """A task mirror per link, each over its node's own memory store; closed after."""
+    mirrors = tuple(RedisTaskMirror(link, MemoryTaskStore(100, 60), ttl=60, lease=lease)
+                    for link in links)
+    try:
+        yield mirrors
+    finally:
+        for mirror in mirrors:
+            await mirror.close()
 
 
 def test_redacted_hides_the_password():
@@ -120,26 +147,22 @@ def test_link_to_a_redis_that_is_not_there_degrades_without_raising():
 
 def test_result_cache_is_shared_and_l1_answers_without_redis(redis_server):
     async def scenario() -> None:
-        link_a, link_b = fast_link(redis_server), fast_link(redis_server)
-        await link_a.start()
-        await link_b.start()
-        node_a = RedisResultCache(link_a, ttl=60, l1_size=10)
-        node_b = RedisResultCache(link_b, ttl=60, l1_size=10)
-        no_l1 = RedisResultCache(link_b, ttl=60, l1_size=0)
-        await node_a.put("key", b'{"text":"x"}')
-        ttl_ms = int(redis_server.command("PTTL", "ppocr:r:key"))
-        assert 0 < ttl_ms <= 60_000  # service.time is the expiry
-        assert await node_b.get("key") == b'{"text":"x"}'
-        assert node_b.shared_hits == 1  # a round trip
-        assert await node_b.get("key") == b'{"text":"x"}'
-        assert node_b.shared_hits == 1 and node_b.hits == 2  # L1
-        assert await no_l1.get("key") == b'{"text":"x"}' and no_l1.shared_hits == 1
-        redis_server.stop()
-        assert await node_b.get("key") == b'{"text":"x"}'  # L1, Redis gone
-        assert await no_l1.get("key") is None  # no L1: a miss, never an error
-        assert await node_b.get("other") is None
-        await link_a.close()
-        await link_b.close()
+        async with two_links(redis_server) as (link_a, link_b):
+            node_a = RedisResultCache(link_a, ttl=60, l1_size=10)
+            node_b = RedisResultCache(link_b, ttl=60, l1_size=10)
+            no_l1 = RedisResultCache(link_b, ttl=60, l1_size=0)
+            await node_a.put("key", b'{"text":"x"}')
+            ttl_ms = int(redis_server.command("PTTL", "ppocr:r:key"))
+            assert 0 < ttl_ms <= 60_000  # service.time is the expiry
+            assert await node_b.get("key") == b'{"text":"x"}'
+            assert node_b.shared_hits == 1  # a round trip
+            assert await node_b.get("key") == b'{"text":"x"}'
+            assert node_b.shared_hits == 1 and node_b.hits == 2  # L1
+            assert await no_l1.get("key") == b'{"text":"x"}' and no_l1.shared_hits == 1
+            redis_server.stop()
+            assert await node_b.get("key") == b'{"text":"x"}'  # L1, Redis gone
+            assert await no_l1.get("key") is None  # no L1: a miss, never an error
+            assert await node_b.get("other") is None
 
     run(scenario())
 
@@ -159,82 +182,61 @@ def test_caching_off_writes_nothing(redis_server):
 
 def test_task_mirror_shows_every_state_on_another_node(redis_server):
     async def scenario() -> None:
-        link_a, link_b = fast_link(redis_server), fast_link(redis_server)
-        await link_a.start()
-        await link_b.start()
-        node_a = RedisTaskMirror(link_a, MemoryTaskStore(100, 60), ttl=60, lease=30)
-        node_b = RedisTaskMirror(link_b, MemoryTaskStore(100, 60), ttl=60, lease=30)
-        await node_a.create("t1")
-        assert (await node_b.get("t1")).pending
-        await node_a.progress("t1", 2, 5)
-        assert (await node_b.get("t1")).progress == {"done": 2, "total": 5}
-        await node_a.finish("t1", Outcome(result={"text": "hi"}, body=b'{"text":"hi"}'))
-        done = await node_b.get("t1")
-        assert done.outcome.result == {"text": "hi"} and done.outcome.body == b'{"text":"hi"}'
-        assert 0 < int(redis_server.command("PTTL", "ppocr:t:t1")) <= 60_000  # task_ttl
-        await node_a.create("t2")
-        await node_a.finish("t2", Outcome(error=ErrorInfo("invalid_image", "not an image",
-                                                           "a traceback")))
-        failed = (await node_b.get("t2")).outcome.error
-        assert (failed.code, failed.message, failed.details) == ("invalid_image",
-                                                                 "not an image", None)
-        await node_a.create("t3", Outcome(result={"text": "cached"}))  # finished at once
-        assert (await node_b.get("t3")).outcome.result == {"text": "cached"}
-        await node_a.discard("t3")
-        assert await node_b.get("t3") is None and await node_b.get("unknown") is None
-        await node_a.close()
-        await node_b.close()
-        await link_a.close()
-        await link_b.close()
+        async with two_links(redis_server) as links, two_mirrors(links) as (node_a, node_b):
+            await node_a.create("t1")
+            assert (await node_b.get("t1")).pending
+            await node_a.progress("t1", 2, 5)
+            assert (await node_b.get("t1")).progress == {"done": 2, "total": 5}
+            await node_a.finish("t1", Outcome(result={"text": "hi"}, body=b'{"text":"hi"}'))
+            done = await node_b.get("t1")
+            assert done.outcome.result == {"text": "hi"} and done.outcome.body == b'{"text":"hi"}'
+            assert 0 < int(redis_server.command("PTTL", "ppocr:t:t1")) <= 60_000  # task_ttl
+            await node_a.create("t2")
+            await node_a.finish("t2", Outcome(error=ErrorInfo("invalid_image", "not an image",
+                                                               "a traceback")))
+            failed = (await node_b.get("t2")).outcome.error
+            assert (failed.code, failed.message, failed.details) == ("invalid_image",
+                                                                     "not an image", None)
+            await node_a.create("t3", Outcome(result={"text": "cached"}))  # finished at once
+            assert (await node_b.get("t3")).outcome.result == {"text": "cached"}
+            await node_a.discard("t3")
+            assert await node_b.get("t3") is None and await node_b.get("unknown") is None
 
     run(scenario())
 
 
 def test_a_pending_task_of_a_node_that_stops_renewing_expires_elsewhere(redis_server):
     async def scenario() -> None:
-        link_a, link_b = fast_link(redis_server), fast_link(redis_server)
-        await link_a.start()
-        await link_b.start()
-        node_a = RedisTaskMirror(link_a, MemoryTaskStore(100, 60), ttl=60, lease=0.6)
-        node_b = RedisTaskMirror(link_b, MemoryTaskStore(100, 60), ttl=60, lease=0.6)
-        await node_a.create("t")
-        # Renewed every lease/3 while node A lives: it outlives its lease several times.
-        await _outlive(redis_server, "ppocr:t:t", periods=3, ttl_ms=600)
-        assert (await node_b.get("t")).pending
-        await node_a.stop_renewing()  # as a node killed -9 stops
-        await until(lambda: redis_server.command("EXISTS", "ppocr:t:t").strip() == b"0",
-                    "the dead node's pending task did not expire")
-        assert await node_b.get("t") is None
-        assert (await node_a.get("t")).pending  # its own node still has it
-        await link_a.close()
-        await link_b.close()
+        async with two_links(redis_server) as links, \
+                two_mirrors(links, lease=0.6) as (node_a, node_b):
+            await node_a.create("t")
+            # Renewed every lease/3 while node A lives: it outlives its lease several times.
+            await _outlive(redis_server, "ppocr:t:t", periods=3, ttl_ms=600)
+            assert (await node_b.get("t")).pending
+            await node_a.stop_renewing()  # as a node killed -9 stops
+            await until(lambda: redis_server.command("EXISTS", "ppocr:t:t").strip() == b"0",
+                        "the dead node's pending task did not expire")
+            assert await node_b.get("t") is None
+            assert (await node_a.get("t")).pending  # its own node still has it
 
     run(scenario())
 
 
 def test_tasks_written_while_redis_was_down_reach_it_when_it_returns(redis_server):
     async def scenario() -> None:
-        link_a, link_b = fast_link(redis_server), fast_link(redis_server)
-        await link_a.start()
-        await link_b.start()
-        node_a = RedisTaskMirror(link_a, MemoryTaskStore(100, 60), ttl=60, lease=30)
-        node_b = RedisTaskMirror(link_b, MemoryTaskStore(100, 60), ttl=60, lease=30)
-        redis_server.stop()
-        await node_a.create("pending")
-        await node_a.create("done")
-        await node_a.finish("done", Outcome(result={"text": "ok"}))
-        assert (await node_a.get("done")).outcome.result == {"text": "ok"}  # its own node
-        redis_server.start()
-        await until(lambda: link_a.available and link_b.available, "no reconnection")
-        await until(lambda: redis_server.command("EXISTS", "ppocr:t:pending",
-                                                 "ppocr:t:done").strip() == b"2",
-                    "the tasks were not written when Redis returned")
-        assert (await node_b.get("pending")).pending
-        assert (await node_b.get("done")).outcome.result == {"text": "ok"}
-        await node_a.close()
-        await node_b.close()
-        await link_a.close()
-        await link_b.close()
+        async with two_links(redis_server) as links, two_mirrors(links) as (node_a, node_b):
+            redis_server.stop()
+            await node_a.create("pending")
+            await node_a.create("done")
+            await node_a.finish("done", Outcome(result={"text": "ok"}))
+            assert (await node_a.get("done")).outcome.result == {"text": "ok"}  # its own node
+            redis_server.start()
+            await until(lambda: all(link.available for link in links), "no reconnection")
+            await until(lambda: redis_server.command("EXISTS", "ppocr:t:pending",
+                                                     "ppocr:t:done").strip() == b"2",
+                        "the tasks were not written when Redis returned")
+            assert (await node_b.get("pending")).pending
+            assert (await node_b.get("done")).outcome.result == {"text": "ok"}
 
     run(scenario())
 
@@ -388,18 +390,14 @@ def test_a_follower_runs_it_itself_when_redis_goes_away(redis_server):
 def test_without_caching_the_result_reaches_followers_through_the_outcome_record(
         redis_server):
     async def scenario() -> None:
-        link_a, link_b = fast_link(redis_server), fast_link(redis_server)
-        lead = ClusterRuns(link_a, claim_ttl=5, poll_interval=0.05, caching=False)
-        follower = ClusterRuns(link_b, claim_ttl=5, poll_interval=0.05, caching=False)
-        await link_a.start()
-        await link_b.start()
-        claim = await lead.claim("k")
-        wait = asyncio.create_task(follower.follow("k"))
-        await until(lambda: "k" in follower._wakers, "not following")
-        await lead.finish(claim, b'{"text":"uncached"}', None)
-        assert (await wait).body == b'{"text":"uncached"}'
-        await link_a.close()
-        await link_b.close()
+        async with two_links(redis_server) as (link_a, link_b):
+            lead = ClusterRuns(link_a, claim_ttl=5, poll_interval=0.05, caching=False)
+            follower = ClusterRuns(link_b, claim_ttl=5, poll_interval=0.05, caching=False)
+            claim = await lead.claim("k")
+            wait = asyncio.create_task(follower.follow("k"))
+            await until(lambda: "k" in follower._wakers, "not following")
+            await lead.finish(claim, b'{"text":"uncached"}', None)
+            assert (await wait).body == b'{"text":"uncached"}'
 
     run(scenario())
 

@@ -26,10 +26,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from server.testing import ServerProcess, multipart, request, wait_for
-from tests.pdfs import images_pdf
+from tests.pdfs import images_pdf, pixel_variant
 from tests.redis_nginx import RedisServer, redis_conf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,17 +39,8 @@ CLAIM_IDLE = 2.0  # jobs.redis_claim_idle: how long a dead node's item waits to 
 GROUP = "runners"
 
 
-def variant(path: Path, index: int) -> bytes:
-    """The image with one pixel changed (a new cache key, the same reading), as PNG."""
-    image = Image.open(path).convert("RGB")
-    image.putpixel((index % image.width, 0), (index * 37 % 256, 3, 3))
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
-
-
 def images(count: int, offset: int = 0) -> dict[str, bytes]:
-    made = {f"{index:02d}.png": variant(RECEIPT if index % 2 else ENGLISH, offset + index)
+    made = {f"{index:02d}.png": pixel_variant(RECEIPT if index % 2 else ENGLISH, offset + index)
             for index in range(count)}
     assert len(set(made.values())) == count
     return made
@@ -264,7 +254,7 @@ def test_redis_down_is_a_503_and_the_job_goes_on_when_it_is_back(tmp_path, redis
     made = images(6, offset=100)
     for name, data in made.items():
         (root / "batch" / name).write_bytes(data)
-    (root / "other" / "x.png").write_bytes(variant(RECEIPT, 200))
+    (root / "other" / "x.png").write_bytes(pixel_variant(RECEIPT, 200))
     prefix = f"d{secrets.token_hex(3)}:"
     server = node(tmp_path, "node-a", redis_server, prefix, root)
     redis_server.stop()  # a node started while Redis is down starts, and waits for it

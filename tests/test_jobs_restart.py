@@ -11,7 +11,6 @@ kill keeps its results. Waits are bounded polls of the server's answers or the S
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import os
 import signal
@@ -26,22 +25,13 @@ import uuid
 from pathlib import Path
 
 import psutil
-from PIL import Image
 
 from server.main import JOBS_FILE
+from tests.pdfs import pixel_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 RECEIPT = ROOT / "docs" / "samples" / "receipt.jpg"
 DEADLINE = 300.0
-
-
-def variant(path: Path, index: int) -> bytes:
-    """The image with one pixel changed (a new cache key, the same reading), as PNG."""
-    image = Image.open(path).convert("RGB")
-    image.putpixel((index % image.width, 0), (index * 37 % 256, 3, 3))
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
 
 
 def free_port() -> int:
@@ -149,12 +139,12 @@ def test_a_job_killed_mid_way_resumes_with_every_item_exactly_once(tmp_path, eva
     images: dict[str, bytes] = {}
     for index in range(30):  # receipts (slower) spread among the plates
         source = RECEIPT if index % 3 == 0 else plates[index - index // 3 - 1]
-        images[f"{index:02d}.png"] = variant(source, index)
+        images[f"{index:02d}.png"] = pixel_variant(source, index)
     assert len(set(images.values())) == 30
     for name, data in images.items():
         (batch / name).write_bytes(data)
     for index in range(2):
-        (small / f"s{index}.png").write_bytes(variant(RECEIPT, 100 + index))
+        (small / f"s{index}.png").write_bytes(pixel_variant(RECEIPT, 100 + index))
     state = tmp_path / "state"
     port = free_port()
     config = tmp_path / "config.json"
