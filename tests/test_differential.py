@@ -113,8 +113,7 @@ def rapidocr_lines(rapidocr: RapidOCR, image: np.ndarray | bytes) -> list[tuple[
 @pytest.fixture(scope="module")
 def rapidocr_reading(rapidocr: RapidOCR, eval_dir: Path):
     """RapidOCR's lines for an eval image's decoded pixels, read once per image: every backend
-    is compared with the same reading (it was a third of this module's time, read again for
-    each backend)."""
+    is compared with the same reading, instead of RapidOCR reading it again for each one."""
     readings: dict[str, list[tuple[str, float, list]]] = {}
 
     def read(image: str, pixels: np.ndarray) -> list[tuple[str, float, list]]:
