@@ -10,12 +10,15 @@ process, interleaved, so a change in the machine's load hits each variant alike.
                                      # eval-set text vs PaddleOCR's: precision per stage, and
                                      # bucket padding (none | default | DET/REC ladders) on
                                      # det, rec or both
+    .venv/bin/python bench/openvino_checks.py cls-margin   # the classifier in f32 vs bf16
 
 graphs: per stage (det 1x3x704x992, rec 6x3x48x640), 2 threads, 7 rounds, medians as ratios to
 onnxruntime on the fused graph. cache-rss: one compiled model reading `count` random shapes
 (det: multiples of 32 up to 960 a side; rec: 1-6 rows, 320-1600 columns), RSS at each quarter.
 eval-text: every conforming case of ../shared/eval (tests/data/paddleocr_reference.json),
-which ones read differently from PaddleOCR.
+which ones read differently from PaddleOCR. cls-margin: every eval image's detected lines
+through the classifier in f32 and in bf16 (squeezed and windowed), how far bf16 moves P(180),
+the lines whose turn it flips, and the classifier's time over all lines in each precision.
 """
 
 from __future__ import annotations
@@ -120,8 +123,54 @@ def eval_text(backend: str, precision: str, buckets: str, where: str = "both") -
                       "differing": len(differing), "differing_cases": differing}))
 
 
+def cls_margin() -> None:
+    from ocr_engine.image import decode_image
+
+    setup_process("openvino", 2)
+    engines = {precision: OcrEngine(EngineConfig(
+        resolve_model_set("ppocr-v4", "openvino"), threads=2,
+        precision=StagePrecision.parse(precision)))
+        for precision in ("f32", "det=f32,cls=bf16,rec=f32")}
+    f32 = engines["f32"]
+    options = f32.config.defaults
+    images = [path for path in sorted(EVAL.rglob("*"))
+              if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")]
+    lines, moved, flips = [], [], []
+    for path in images:
+        try:
+            crops = f32.text_lines(decode_image(path.read_bytes()), options).crops
+        except Exception:  # noqa: BLE001 (an eval image this engine refuses: not a line)
+            continue
+        if len(crops):
+            lines.append((path.relative_to(EVAL), crops))
+    elapsed = {name: 0.0 for name in engines}
+    for windows in (False, True):
+        for name_of_image, crops in lines:
+            readings = {}
+            for name, engine in engines.items():
+                start = time.perf_counter()
+                readings[name] = engine.classifier(crops, options.cls_thresh, windows=windows)
+                elapsed[name] += time.perf_counter() - start
+            for index, (a, b) in enumerate(zip(*readings.values())):
+                p_a = a.score if a.label == "180" else 1 - a.score
+                p_b = b.score if b.label == "180" else 1 - b.score
+                moved.append(abs(p_a - p_b))
+                if a.turned != b.turned:
+                    flips.append(f"{name_of_image}, {'windowed' if windows else 'squeezed'} "
+                                 f"line {index}: "
+                                 f"P(180) f32 {p_a:.3f}, bf16 {p_b:.3f}")
+    quantiles = np.quantile(moved, [0.5, 0.9, 0.99, 1.0])
+    print(f"{len(images)} images, {len(moved)} line readings; bf16 moves P(180) by (median, "
+          f"90%, 99%, max) {', '.join(f'{q:.4f}' for q in quantiles)}; turn flipped: "
+          f"{len(flips)}")
+    for flip in flips:
+        print("  ", flip)
+    print("classifier time over all readings: " + ", ".join(
+        f"{name} {seconds * 1000:.0f} ms" for name, seconds in elapsed.items()))
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("graphs", "cache-rss", "eval-text"):
+    if not argv or argv[0] not in ("graphs", "cache-rss", "eval-text", "cls-margin"):
         print(__doc__, file=sys.stderr)
         return 2
     command, args = argv[0], argv[1:]
@@ -129,6 +178,8 @@ def main(argv: list[str]) -> int:
         graphs()
     elif command == "cache-rss":
         cache_rss(args[0], int(args[1]), args[2])
+    elif command == "cls-margin":
+        cls_margin()
     else:
         eval_text(*args)
     return 0

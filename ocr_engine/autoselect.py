@@ -48,12 +48,17 @@ CALIBRATION_PAGE = Path(__file__).resolve().parents[1] / "docs" / "samples" / "r
 TIMED_RUNS = 3
 # The reference every candidate must read the page like.
 REFERENCE = ("onnxruntime", "f32")
-# OpenVINO's precision "auto": bf16 for these stages only, where the CPU computes bf16 natively.
-# Measured one stage at a time on the shared eval set (53 conforming pages + 220 word and
-# plate crops; docs/BENCHMARKS.md, "OpenVINO, precision and auto backend"): bf16 detection
-# changed the text of 13 pages, bf16 recognition of 21 pages and 3 crops, bf16 classification
-# of none. So only the classifier, the cheapest stage, runs in bf16 under "auto".
-AUTO_BF16_STAGES: tuple[str, ...] = ("cls",)
+# OpenVINO's precision "auto": bf16 for these stages only, where the CPU computes bf16 natively,
+# and only for a stage measured to keep the text. None is, now. One stage at a time on the
+# shared eval set (53 conforming pages + 220 word and plate crops; docs/BENCHMARKS.md, "OpenVINO,
+# precision and auto backend"), on a Xeon with AMX: bf16 detection changed the text of 13 pages,
+# bf16 recognition of 21 pages and 3 crops, bf16 classification of none, so "auto" ran the
+# classifier in bf16. On an AMD EPYC with AVX512_BF16 and no AMX the bf16 classifier turned two
+# lines of rapidocr's devanagari.jpg (P(180) 0.904 and 0.921 in f32, 0.898 and 0.894 in bf16,
+# against cls_thresh 0.9); over the 276 eval images' 1,556 lines (squeezed and windowed) its
+# P(180) moved by up to 0.09, so the AMX result rested on margins. The classifier is ~3% of a
+# page; a stage comes back here only with that measurement on both kinds of CPU.
+AUTO_BF16_STAGES: tuple[str, ...] = ()
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 MEASURE_TIMEOUT_S = 600
 
@@ -79,11 +84,14 @@ def has_native_bf16(flags: Iterable[str]) -> bool:
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
-def auto_precision(backend: str, flags: Iterable[str]) -> StagePrecision:
-    """What precision "auto" means for `backend` on a CPU with `flags`."""
+def auto_precision(backend: str, flags: Iterable[str],
+                   stages: tuple[str, ...] | None = None) -> StagePrecision:
+    """What precision "auto" means for `backend` on a CPU with `flags`: bf16 for `stages`
+    (AUTO_BF16_STAGES, so every stage is f32 today) where both have bf16, f32 for the rest."""
+    stages = AUTO_BF16_STAGES if stages is None else stages
     if "bf16" not in get_backend(backend).precisions or not has_native_bf16(flags):
         return StagePrecision()
-    return StagePrecision(**{stage: "bf16" if stage in AUTO_BF16_STAGES else "f32"
+    return StagePrecision(**{stage: "bf16" if stage in stages else "f32"
                              for stage in STAGES})
 
 
@@ -162,14 +170,18 @@ def pick(measurements: Sequence[Measurement]) -> Measurement:
 
 
 def choice_key(backends: Sequence[str], setting: str, threads: int, model_files: Sequence[Path],
-               flags: Iterable[str]) -> str:
+               flags: Iterable[str], pairs: Sequence[tuple[str, StagePrecision]] = ()) -> str:
     """What a stored choice depends on, as a short digest: CPU flags, the Python and package
-    versions, the model files' sizes, the thread count and the precision setting."""
+    versions, the model files' sizes, the thread count, the precision setting and the
+    candidates it stands for (a choice made among others, such as a bf16 stage "auto" no
+    longer offers, is measured again)."""
     versions = {name: _package_version(get_backend(name).package) for name in backends}
     files = sorted((str(path), path.stat().st_size if path.exists() else -1)
                    for path in model_files)
     payload = json.dumps({"flags": sorted(flags), "versions": versions, "threads": threads,
-                          "precision": setting, "files": files, "python": sys.version},
+                          "precision": setting, "files": files, "python": sys.version,
+                          "candidates": [f"{name}:{precision.describe()}"
+                                         for name, precision in pairs]},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -233,7 +245,7 @@ def select_backend(setting: str, threads: int, models_dir: Path, model: str, fol
     for name in backends:
         paths = resolve_model_set(model, name, models_dir)
         model_files += [p for p in (paths.det, paths.rec, paths.cls) if p is not None]
-    key = choice_key(backends, setting, threads, model_files, flags)
+    key = choice_key(backends, setting, threads, model_files, flags, pairs)
     stored = load_choice(folder, key)
     if stored is not None:
         return stored

@@ -120,9 +120,10 @@ class PredictSystemConfig:
     precision: str = _key("f32", "compute precision: f32 (every backend; identical text); "
                           "bf16 (openvino only, on AMX or AVX512_BF16 about twice as fast, "
                           "scores off by up to 0.04, text may change); auto: bf16 for the "
-                          "stages measured to keep the eval set's text (openvino: cls only) "
-                          "where the CPU has native bf16, else f32. onnxruntime and paddle "
-                          "compute in f32 only: for them auto is f32 and bf16 is refused",
+                          "stages measured to keep the eval set's text on every CPU with "
+                          "native bf16: none is today, so auto is f32 on every backend "
+                          "(docs/BENCHMARKS.md). onnxruntime and paddle compute in f32 "
+                          "only: bf16 is refused for them",
                           choices=(*PRECISIONS, "auto"))
     model: str = _key("ppocr-v4", "default model set (models/manifest.json), or the name given "
                       "to det_model_dir/rec_model_dir models")

@@ -73,13 +73,6 @@ def openvino_engine() -> OcrEngine:
 
 
 @pytest.fixture(scope="session")
-def openvino_autoprec_engine() -> OcrEngine:
-    """OpenVINO at precision "auto": bf16 for the stages measured to keep the text (cls)."""
-    _skip_without_native_bf16("openvino precision auto (without native bf16 it is f32)")
-    return _engine("openvino", "auto")
-
-
-@pytest.fixture(scope="session")
 def openvino_bf16_engine() -> OcrEngine:
     """OpenVINO with every stage in bf16."""
     _skip_without_native_bf16("openvino precision bf16")

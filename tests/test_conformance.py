@@ -3,8 +3,8 @@
 tests/data/paddleocr_reference.json holds PaddleOCR 2.10 + paddlepaddle 3.3.1 output for every
 image of ../shared/eval (bench/paddleocr_reference.py): full pipeline ("det+cls+rec") on pages,
 recognition only ("rec") on word crops and licence plates. Every backend and precision the
-config accepts that promises PaddleOCR's text (onnxruntime, paddle, openvino in f32, openvino at
-precision "auto") must give the same text on every case, boxes within 2 px and confidences
+config accepts that promises PaddleOCR's text (onnxruntime, paddle, openvino in f32; precision
+"auto" is f32 today) must give the same text on every case, boxes within 2 px and confidences
 within 1e-3. openvino with every stage in bf16 does not promise it (its probabilities are off
 by up to 0.04: measured, it changes the text of some pages and crops); its tests below bound how
 far it may drift instead. The bf16 variants skip, saying why, on a CPU without native bf16.
@@ -69,9 +69,10 @@ def _reference_images(mode: str) -> list[str]:
 FULL_PIPELINE_IMAGES = _reference_images("det+cls+rec")
 CONFORMING_IMAGES = [image for image in FULL_PIPELINE_IMAGES if image not in UNDERSTOOD_DEVIATIONS]
 WORD_CROPS = [image for image in _reference_images("rec") if not image.startswith("plates/")]
-# Each backend x precision that promises PaddleOCR's text, and the fixture that builds it.
+# Each backend x precision that promises PaddleOCR's text, and the fixture that builds it
+# (precision "auto" is f32 on every CPU today: tests/test_autoselect.py).
 BACKEND_FIXTURES = {"onnxruntime": "onnx_engine", "paddle": "paddle_engine",
-                    "openvino": "openvino_engine", "openvino-autoprec": "openvino_autoprec_engine"}
+                    "openvino": "openvino_engine"}
 
 
 @pytest.fixture(params=sorted(BACKEND_FIXTURES))

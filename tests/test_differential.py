@@ -142,8 +142,8 @@ def test_rapidocr_took_the_settings(rapidocr: RapidOCR) -> None:
 
 # Our engines that promise f32 results on the ONNX files rapidocr reads (paddle reads the Paddle
 # files: test_conformance holds it to PaddleOCR); openvino in bf16 promises no such thing.
-ONNX_ENGINES = {"onnxruntime": "onnx_engine", "openvino": "openvino_engine",
-                "openvino-autoprec": "openvino_autoprec_engine"}
+# (Precision "auto" is f32 on every CPU: tests/test_autoselect.py.)
+ONNX_ENGINES = {"onnxruntime": "onnx_engine", "openvino": "openvino_engine"}
 
 
 @pytest.fixture(params=sorted(ONNX_ENGINES))
