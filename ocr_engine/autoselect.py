@@ -84,14 +84,12 @@ def has_native_bf16(flags: Iterable[str]) -> bool:
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
-def auto_precision(backend: str, flags: Iterable[str],
-                   stages: tuple[str, ...] | None = None) -> StagePrecision:
-    """What precision "auto" means for `backend` on a CPU with `flags`: bf16 for `stages`
-    (AUTO_BF16_STAGES, so every stage is f32 today) where both have bf16, f32 for the rest."""
-    stages = AUTO_BF16_STAGES if stages is None else stages
+def auto_precision(backend: str, flags: Iterable[str]) -> StagePrecision:
+    """What precision "auto" means for `backend` on a CPU with `flags`: bf16 for
+    AUTO_BF16_STAGES (none today) where both have bf16, f32 for the rest."""
     if "bf16" not in get_backend(backend).precisions or not has_native_bf16(flags):
         return StagePrecision()
-    return StagePrecision(**{stage: "bf16" if stage in stages else "f32"
+    return StagePrecision(**{stage: "bf16" if stage in AUTO_BF16_STAGES else "f32"
                              for stage in STAGES})
 
 
@@ -170,7 +168,7 @@ def pick(measurements: Sequence[Measurement]) -> Measurement:
 
 
 def choice_key(backends: Sequence[str], setting: str, threads: int, model_files: Sequence[Path],
-               flags: Iterable[str], pairs: Sequence[tuple[str, StagePrecision]] = ()) -> str:
+               flags: Iterable[str], pairs: Sequence[tuple[str, StagePrecision]]) -> str:
     """What a stored choice depends on, as a short digest: CPU flags, the Python and package
     versions, the model files' sizes, the thread count, the precision setting and the
     candidates it stands for (a choice made among others, such as a bf16 stage "auto" no

@@ -77,12 +77,12 @@ def test_auto_precision_is_f32_on_every_cpu_today() -> None:
         assert resolve_precision("openvino", "auto", flags) == StagePrecision()
 
 
-def test_auto_precision_is_bf16_only_for_the_given_stages_and_where_native() -> None:
-    assert auto_precision("openvino", AMX, ("cls",)) == \
-        StagePrecision(det="f32", cls="bf16", rec="f32")
-    assert auto_precision("openvino", AVX512_BF16_ONLY, ("cls",)) == StagePrecision(cls="bf16")
-    assert auto_precision("openvino", AVX2_ONLY, ("cls",)) == StagePrecision()
-    assert auto_precision("onnxruntime", AMX, ("cls",)) == StagePrecision()  # f32 only
+def test_auto_precision_is_bf16_only_for_the_listed_stages_and_where_native(monkeypatch) -> None:
+    monkeypatch.setattr(autoselect, "AUTO_BF16_STAGES", ("cls",))
+    assert auto_precision("openvino", AMX) == StagePrecision(det="f32", cls="bf16", rec="f32")
+    assert auto_precision("openvino", AVX512_BF16_ONLY) == StagePrecision(cls="bf16")
+    assert auto_precision("openvino", AVX2_ONLY) == StagePrecision()
+    assert auto_precision("onnxruntime", AMX) == StagePrecision()  # f32 only
     assert resolve_precision("openvino", "bf16", AVX2_ONLY) == StagePrecision.uniform("bf16")
 
 
