@@ -9,7 +9,8 @@ BENCH_STAMP := $(VENV)/.bench-installed
 # pytest-xdist processes for `make test`, each taking whole test files (--dist loadfile: a file's
 # engines and servers are built once, in one process). Much of the suite waits on servers,
 # kills and restarts rather than computing: 2 processes on the 2-core CI machine took it from
-# 17 to 12.6 minutes (with the trims of the same commit, 9.4 on a fresh clone). TEST_WORKERS=0 runs it in this process, one test at a time.
+# 17 to 12.6 minutes (with the trims of the same commit, 9.4 on a fresh clone; README has the
+# current figure). TEST_WORKERS=0 runs it in this process, one test at a time.
 TEST_WORKERS ?= 2
 # Swagger UI for /docs: the npm package swagger-ui-dist, pinned and checked against its sha512,
 # unpacked into a gitignored folder and served by the server itself (never from a CDN).

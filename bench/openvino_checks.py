@@ -157,8 +157,7 @@ def cls_margin() -> None:
                 moved.append(abs(p_a - p_b))
                 if a.turned != b.turned:
                     flips.append(f"{name_of_image}, {'windowed' if windows else 'squeezed'} "
-                                 f"line {index}: "
-                                 f"P(180) f32 {p_a:.3f}, bf16 {p_b:.3f}")
+                                 f"line {index}: P(180) f32 {p_a:.3f}, bf16 {p_b:.3f}")
     quantiles = np.quantile(moved, [0.5, 0.9, 0.99, 1.0])
     print(f"{len(images)} images, {len(moved)} line readings; bf16 moves P(180) by (median, "
           f"90%, 99%, max) {', '.join(f'{q:.4f}' for q in quantiles)}; turn flipped: "

@@ -11,12 +11,12 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-SPOOL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SPOOL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def write_synced(dir_fd: int, name: str, chunks: Iterable[bytes]) -> None:
     """Creates `name` in the directory `dir_fd` (mode 0600) with `chunks`, fsynced."""
-    out = os.open(name, SPOOL_FLAGS, 0o600, dir_fd=dir_fd)
+    out = os.open(name, _SPOOL_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         for chunk in chunks:
             view = memoryview(chunk)
