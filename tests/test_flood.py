@@ -22,6 +22,11 @@ from tests.test_server import FIRST_LINE
 
 FLOOD = 1500
 FD_LIMIT = 600  # the server can keep at most ~344 connections open under it
+# Long enough for the whole flood to be open at once. The listen backlog fills and connects
+# wait for SYN retries (a 1 s pause at ~600 connections even on a quiet machine); with a 3 s
+# header timeout a loaded CI run once saw none of the last 200 refused, most likely because
+# the first connections were cut before the flood ended and the last found free slots.
+HEADER_TIMEOUT_S = 10
 
 
 def _limit_fds() -> None:
@@ -30,7 +35,7 @@ def _limit_fds() -> None:
 
 def test_connection_flood_is_refused_fast_cut_by_timeouts_and_the_pool_stays_whole(tmp_path):
     server = ServerProcess(tmp_path, {
-        "web_server.max_connections": 5000, "web_server.header_timeout": 3,
+        "web_server.max_connections": 5000, "web_server.header_timeout": HEADER_TIMEOUT_S,
         "web_server.body_timeout": 3, "ocr.process.number": 1, "ocr.process.threads": 1,
         "ocr.process.ping_interval": 1, "ocr.process.ping_timeout": 3}, preexec_fn=_limit_fds)
     sockets: list[socket.socket] = []
