@@ -39,6 +39,7 @@ from server.store import Outcome
 from server.store.memory import MemoryTaskStore
 from server.store.redis import RedisLink, RedisResultCache, RedisTaskMirror, redacted
 from server.testing import LOOPBACK, ServerProcess, free_port, request, wait_for
+from tests.app_testing import PINNED_BACKEND
 from tests.redis_nginx import Nginx, RedisServer, nginx_conf, nginx_site, redis_conf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,7 +319,9 @@ async def _outlive(server: RedisServer, key: str, periods: int, ttl_ms: int) -> 
     loop = asyncio.get_running_loop()
     end = loop.time() + periods * ttl_ms / 1000
     while loop.time() < end:
-        assert server.command("EXISTS", key).strip() == b"1", f"{key} lapsed"
+        # redis-cli in a thread: a slow start of it must not hold up the loop that renews.
+        exists = await asyncio.to_thread(server.command, "EXISTS", key)
+        assert exists.strip() == b"1", f"{key} lapsed"
         await asyncio.sleep(0.05)
 
 
@@ -360,8 +363,13 @@ def test_a_dead_leads_claim_expires_and_exactly_one_follower_takes_over(redis_se
         assert first.claim is not None and first.claim.lead
         winner = next(runs for runs, wait in waits.items() if wait.done())
         other = next(runs for runs in waits if runs is not winner)
+        # The new lead holds its claim while it runs, as a node does (its TTL is short).
+        run_done = asyncio.get_running_loop().create_future()
+        holding = asyncio.create_task(winner.hold(first.claim, run_done))
         assert not waits[other].done()  # it follows the new lead
         await nodes.caches[0].put("k", b'{"text":"late"}')
+        run_done.set_result(None)
+        await holding
         await winner.finish(first.claim, b'{"text":"late"}', None)
         assert (await waits[other]).body == b'{"text":"late"}'
         assert winner.taken_over == 1 and other.taken_over == 0
@@ -453,9 +461,10 @@ class Cluster:
         self.redis.start()
         for name in ("a", "b"):
             self.nodes[name] = ServerProcess(self.workdir, {
-                "ocr.process.number": 1, "ocr.process.threads": 1,
-                # A stopped worker (the kill test) must not be replaced meanwhile.
-                "ocr.process.ping_timeout": 600,
+                "ocr.process.number": 1, "ocr.process.threads": 1, **PINNED_BACKEND,
+                # A stopped worker (the kill test) must not be replaced meanwhile, nor count
+                # as not ready (its node's /ready would answer 503).
+                "ocr.process.ping_interval": 600, "ocr.process.ping_timeout": 600,
                 "service.state_dir": str(self.workdir / f"state-{name}"),
                 "service.redis_url": self.redis.url, "service.redis_claim_ttl": 5.0,
                 "service.redis_timeout": 2.0,  # (see fast_link)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from server.testing import ServerProcess, multipart, request, wait_for
+from tests.app_testing import PINNED_BACKEND
 from tests.pdfs import images_pdf, pixel_variant
 from tests.redis_nginx import RedisServer, redis_conf
 
@@ -63,7 +64,7 @@ def node(tmp_path: Path, name: str, redis: RedisServer, prefix: str, root: Path
     workdir.mkdir(exist_ok=True)
     return ServerProcess(workdir, {
         "ocr.process.number": 1, "ocr.process.threads": 1,
-        "ocr.predict_system.backend": "onnxruntime",
+        **PINNED_BACKEND,
         "service.img_number": 0, "service.time": 0,  # no cache: every item really read
         "service.filename_roots": [str(root)], "service.state_dir": str(workdir / "state"),
         "service.redis_url": redis.url, "service.redis_prefix": prefix,

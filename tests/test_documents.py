@@ -46,6 +46,7 @@ from server.ocr_worker import boot
 from server.pool import JobFailed, WorkerPool
 from server.protocol import DocumentProbeJob, OcrJob, PageJob
 from tests import pdfs
+from tests.app_testing import PINNED_BACKEND
 from tests.conftest import EVAL_DIR
 from tests.pool_handlers import EventLog
 
@@ -534,15 +535,18 @@ def _zombie_children() -> list[int]:
 
 def test_the_pdf_sandbox_budget_comes_from_the_config():
     config = load_config(ROOT / "config.json", {"ocr.predict_system.pdf_memory_mb": 512,
-                                                "ocr.predict_system.pdf_timeout": 12})
+                                                "ocr.predict_system.pdf_timeout": 12,
+                                                **PINNED_BACKEND})
     assert build_engine_spec(config).pdf_sandbox == PdfSandbox(memory_mb=512, timeout_s=12.0)
-    assert build_engine_spec(load_config(ROOT / "config.json")).pdf_sandbox == PdfSandbox()
+    assert build_engine_spec(load_config(ROOT / "config.json", PINNED_BACKEND)).pdf_sandbox \
+        == PdfSandbox()
     # The child must be killed before the pool kills the worker for the same job.
     with pytest.raises(ConfigError, match=r"ocr\.predict_system\.pdf_timeout \(30\) must be "
                        r"below ocr\.process\.task_timeout \(30\)"):
         load_config(None, {"ocr.process.task_timeout": 30, "ocr.predict_system.pdf_timeout": 30})
     # Left unset, it follows a short task timeout instead of refusing to start.
-    short = load_config(ROOT / "config.json", {"ocr.process.task_timeout": 20})
+    short = load_config(ROOT / "config.json", {"ocr.process.task_timeout": 20,
+                                               **PINNED_BACKEND})
     assert build_engine_spec(short).pdf_sandbox.timeout_s == 10.0
     assert load_config(None, {"ocr.process.task_timeout": 30,
                               "ocr.predict_system.pdf_timeout": 29.5})
@@ -552,7 +556,7 @@ def test_the_pdf_sandbox_budget_comes_from_the_config():
 
 def test_worker_handles_probe_page_and_image_jobs(scans_pdf, mixed_pdf):
     config = load_config(ROOT / "config.json", {"ocr.process.number": 1,
-                                                "ocr.process.threads": 1})
+                                                "ocr.process.threads": 1, **PINNED_BACKEND})
     spec = build_engine_spec(config)
     options = spec.defaults
     model = config.ocr.predict_system.model

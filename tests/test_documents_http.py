@@ -32,6 +32,7 @@ from server.pool import WorkerPool
 from server.protocol import PageJob
 from server.request import parse_pages, select_pages
 from server.service import OcrService
+from tests.app_testing import PINNED_BACKEND
 from tests.pdfs import (
     huge_page_pdf,
     image_bomb_pdf,
@@ -79,7 +80,7 @@ class DocumentTestCase(ServerTestCase):
     def get_app(self):
         config = load_config(ROOT / "config.json", {
             "ocr.process.number": 2, "ocr.process.threads": 1,
-            "service.filename_roots": [str(self.roots)], **self.overrides})
+            "service.filename_roots": [str(self.roots)], **PINNED_BACKEND, **self.overrides})
         self.config = config
         spec = build_engine_spec(config)
         self.pool = WorkerPool(boot, spec, pool_config(config))

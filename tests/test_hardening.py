@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from server.testing import ServerProcess, multipart, wait_for
+from tests.app_testing import PINNED_BACKEND
 from tests.test_server import FIRST_LINE, RECEIPT, ROOT, ServerTestCase
 
 RECEIPT_BYTES = RECEIPT.read_bytes()
@@ -293,12 +294,19 @@ class TestWorkerFaults(ServerTestCase):
 
 
 def test_sigterm_under_load_finishes_accepted_requests_and_exits_zero(tmp_path):
+    # The workers are held (SIGSTOP) until SIGTERM is sent, so all six requests are accepted
+    # and none has finished when it arrives, however slow the machine; held workers must not
+    # be killed or count as not ready meanwhile.
     server = ServerProcess(tmp_path, {"ocr.process.number": 2, "ocr.process.threads": 1,
-                                      "service.img_number": 0})
+                                      "ocr.process.ping_interval": 600,
+                                      "ocr.process.ping_timeout": 600,
+                                      "service.img_number": 0, **PINNED_BACKEND})
     port = server.port
     with server.start(ready_timeout=240):
         workers = server.workers()
         assert len(workers) == 2
+        for worker in workers:
+            worker.suspend()
         results: list = [None] * 6
         started = threading.Barrier(len(results) + 1)
 
@@ -325,8 +333,12 @@ def test_sigterm_under_load_finishes_accepted_requests_and_exits_zero(tmp_path):
             state = server.get_json("/ready")[1]
             return state["busy"] + state["queued"] >= len(results)
 
-        wait_for(accepted, 60, "requests never reached the workers", interval=0.02)
-        server.proc.send_signal(signal.SIGTERM)
+        try:
+            wait_for(accepted, 60, "requests never reached the workers", interval=0.02)
+            server.proc.send_signal(signal.SIGTERM)
+        finally:
+            for worker in workers:
+                worker.resume()
         for thread in threads:
             thread.join(180)
         assert server.proc.wait(120) == 0

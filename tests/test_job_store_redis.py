@@ -267,8 +267,9 @@ def test_stream_entries_are_acknowledged_with_their_record_and_the_last_one_ends
 def test_entries_of_a_consumer_that_stopped_refreshing_are_taken_over(redis_server):
     async def scenario() -> None:
         prefix = f"t{secrets.token_hex(4)}:"
-        dead = redis_store(redis_server, prefix, consumer="dead", claim_idle=0.3)
-        alive = redis_store(redis_server, prefix, consumer="alive", claim_idle=0.3)
+        # 1 s: no stall of a loaded machine between two steps below comes near it.
+        dead = redis_store(redis_server, prefix, consumer="dead", claim_idle=1.0)
+        alive = redis_store(redis_server, prefix, consumer="alive", claim_idle=1.0)
         await dead.open()
         await alive.open()
         job = await dead.create(job_record(), [ItemSpec(f"{n}.png") for n in range(3)])
@@ -277,10 +278,11 @@ def test_entries_of_a_consumer_that_stopped_refreshing_are_taken_over(redis_serv
         assert await alive.reclaim(10) == []  # fresh: not taken over
         # The node that keeps refreshing its entries keeps them, however long it reads.
         deadline = time.monotonic() + 10
-        while await oldest_idle_ms(alive, "dead") < 350:
+        while await oldest_idle_ms(alive, "dead") < 1050:
             assert time.monotonic() < deadline, "the entries never went idle"
             await dead.refresh([taken[0].id])
             await asyncio.sleep(0.05)  # polling Redis's idle counter, under a deadline
+        await dead.refresh([taken[0].id])
         reclaimed = await alive.reclaim(10)
         assert [(e.seq, e.page) for e in reclaimed] == [(1, 1)]  # the unrefreshed one only
         assert await alive.held(10) == reclaimed  # now held by the taker

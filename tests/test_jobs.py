@@ -39,6 +39,7 @@ from server.ocr_worker import boot
 from server.pool import Lane, PoolObserver, WorkerPool
 from server.store import ItemOutcome, ItemSpec, JobRecord
 from server.store.sqlite import SqliteJobStore
+from tests.app_testing import PINNED_BACKEND
 from tests.test_server import FIRST_LINE, RECEIPT, ROOT, SAMPLES
 
 DEADLINE = 240.0
@@ -169,7 +170,7 @@ class JobsTestCase(tornado.testing.AsyncHTTPTestCase):
         self.config = load_config(ROOT / "config.json", {
             "ocr.process.number": self.workers, "ocr.process.threads": 1,
             "service.filename_roots": [str(self.root)], "service.state_dir": str(self.state),
-            **self.overrides})
+            **PINNED_BACKEND, **self.overrides})
         spec = build_engine_spec(self.config)
         self.pool = WorkerPool(boot, spec, pool_config(self.config))
         self.dispatches = Dispatches(self.pool)

@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from server.main import JOBS_FILE
+from tests.app_testing import PINNED_BACKEND
 from tests.pdfs import pixel_variant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +152,8 @@ def test_a_job_killed_mid_way_resumes_with_every_item_exactly_once(tmp_path, eva
     config.write_text(json.dumps({
         "web_server": {"port": port},
         "ocr": {"process": {"number": 2, "threads": 1},
-                "predict_system": {"models_dir": str(ROOT / "models")}},
+                "predict_system": {"models_dir": str(ROOT / "models"),
+                                   "backend": PINNED_BACKEND["ocr.predict_system.backend"]}},
         "service": {"img_number": 0, "filename_roots": [str(root)], "state_dir": str(state)},
     }))
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from server.testing import ServerProcess
+from tests.app_testing import PINNED_BACKEND
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "docs" / "samples"
@@ -28,7 +29,7 @@ def multirequest(port: int, *args: str) -> dict:
 
 def test_multirequest_against_a_live_server(tmp_path: Path) -> None:
     # The port comes from the launcher's --port option: the file has none.
-    server = ServerProcess(tmp_path, {"ocr.process.number": 1,
+    server = ServerProcess(tmp_path, {"ocr.process.number": 1, **PINNED_BACKEND,
                                       "service.filename_roots": [str(SAMPLES)]},
                            cli_port=True, args=("--workers", "1"))
     port = server.port

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from server.testing import ServerProcess
+from tests.app_testing import PINNED_BACKEND
 
 SAMPLES = Path(__file__).resolve().parent.parent / "docs" / "samples"
 IMAGE = SAMPLES / "english.jpg"
@@ -29,6 +30,7 @@ BOOT_DEADLINE_S = 300
 def server(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("original")
     proc = ServerProcess(workdir, {"ocr.process.number": 1, "ocr.process.threads": 1,
+                                   **PINNED_BACKEND,
                                    "service.filename_roots": [str(SAMPLES)],
                                    "service.response_format": "original"})
     with proc.start(ready_timeout=BOOT_DEADLINE_S):

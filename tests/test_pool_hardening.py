@@ -49,7 +49,7 @@ def test_stopped_worker_never_blocks_the_loop_and_its_jobs_move_on():
     """A worker that stopped reading gets 4 MB jobs: the parent's writes never block (the loop
     keeps running timers), the jobs it never took go to the other worker, and it is replaced."""
     async def scenario():
-        pool = make_pool(ping_interval=30, ping_timeout=1.0)  # only the hand-over catches it
+        pool = make_pool(ping_interval=30, ping_timeout=3.0)  # only the hand-over catches it
         events = EventLog(pool)
         await pool.start()
         victim, other = pool.worker_pids()
@@ -70,9 +70,10 @@ def test_stopped_worker_never_blocks_the_loop_and_its_jobs_move_on():
             assert [r["size"] for r in results] == [len(data)] * 3
             assert {r["pid"] for r in results} == {other}
             assert (victim, "unresponsive") in events.exits
-            # The loop kept turning the whole time: no gap near the 1 s hand-over timeout.
+            # The loop kept turning the whole time: no gap near the 3 s hand-over timeout (a
+            # blocked write would stall it until then; a loaded machine may pause it briefly).
             gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-            assert ticks and max(gaps) < 0.5, max(gaps)
+            assert ticks and max(gaps) < 1.5, max(gaps)
             await events.wait_for(lambda: pool.ready_count == 2)
         finally:
             _cont(victim)

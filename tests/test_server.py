@@ -64,12 +64,23 @@ class TestOcrService(ServerTestCase):
         assert all(line["confidence"] >= 0.995 for line in strict["lines"])
 
     def test_non_blocking_task_is_polled_to_done(self):
-        response = self.upload(RECEIPT.read_bytes(), block_flag="false", det_db_box_thresh="0.61")
-        assert response.code == 202
-        body = json.loads(response.body)
-        assert body["status"] == "pending" and body["result_url"] == f"/ocr_service/{body['id']}"
-        # Pending until the worker answers; wait on that run, not on a clock.
-        assert json.loads(self.fetch(body["result_url"]).body)["status"] == "pending"
+        # The workers are held (for well under ping_interval) until the task has been seen
+        # pending, so it cannot be done first however the test process is scheduled.
+        workers = self.pool.worker_pids()
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            response = self.upload(RECEIPT.read_bytes(), block_flag="false",
+                                   det_db_box_thresh="0.61")
+            assert response.code == 202
+            body = json.loads(response.body)
+            assert body["status"] == "pending"
+            assert body["result_url"] == f"/ocr_service/{body['id']}"
+            # Pending until the worker answers; wait on that run, not on a clock.
+            assert json.loads(self.fetch(body["result_url"]).body)["status"] == "pending"
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
         self.wait_task(body["id"])
         done = self.fetch(body["result_url"])
         result = json.loads(done.body)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from server.main import TASK_SPOOL, TASKS_FILE
 from server.testing import ServerProcess, request, wait_for
+from tests.app_testing import PINNED_BACKEND
 from tests.pdfs import images_pdf, multipart
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +97,10 @@ def reading(body: dict) -> list:
 def test_pending_documents_and_batches_are_redone_after_kill_9(tmp_path):
     state = tmp_path / "state"
     overrides = {"ocr.process.number": 1, "ocr.process.threads": 1, "service.img_number": 0,
-                 "service.state_dir": str(state), "ocr.process.ping_timeout": 120}
+                 "service.state_dir": str(state), **PINNED_BACKEND,
+                 # The worker is held (SIGSTOP) while three tasks are posted: a held worker
+                 # counts as not ready after ping_interval, and the server would answer 503.
+                 "ocr.process.ping_interval": 120, "ocr.process.ping_timeout": 120}
     pdf = images_pdf(receipt_pages(), dpi=PAGE_DPI)
     receipt, half = png(receipt_pages()[0]), png(receipt_pages()[2])
     lost_pdf = images_pdf(receipt_pages()[1:2], dpi=PAGE_DPI)

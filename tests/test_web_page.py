@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from PIL import Image
 from selenium import webdriver
@@ -41,7 +42,8 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from server.handlers.jobs import CSV_COLUMNS
-from server.testing import free_port
+from server.testing import free_port, process_tree
+from tests.app_testing import PINNED_BACKEND
 from tests.pdfs import images_pdf, text_pdf, tiff_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +67,9 @@ class Server:
         self.process, self.port, self.token, self.log = process, port, token, log
         self.roots = roots  # the one filename root: folder jobs read from here
         self.url = f"http://127.0.0.1:{port}/"
+
+    def workers(self) -> list[psutil.Process]:
+        return [proc for role, proc in process_tree(self.process.pid) if role == "worker"]
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict | None = None, auth: bool = True) -> http.client.HTTPResponse:
@@ -123,8 +128,11 @@ def server(tmp_path_factory) -> Iterator[Server]:
     token = secrets.token_urlsafe(24)
     config = json.loads((ROOT / "config.json").read_text())
     config["web_server"].update(address="127.0.0.1", api_token=token)
-    config["ocr"]["process"].update(number=1, threads=1)
+    # The jobs test holds the worker (SIGSTOP) while it cancels a job: a held worker must not
+    # be killed or count as not ready meanwhile.
+    config["ocr"]["process"].update(number=1, threads=1, ping_interval=600, ping_timeout=600)
     config["ocr"]["predict_system"]["models_dir"] = str(ROOT / "models")
+    config["ocr"]["predict_system"]["backend"] = PINNED_BACKEND["ocr.predict_system.backend"]
     roots = make_roots(folder)
     config["service"]["filename_roots"] = [str(roots)]
     config_file = folder / "config.json"
@@ -379,7 +387,9 @@ def test_the_page_reads_the_receipt_like_the_api(server: Server, browser: webdri
         "origin": server.url.rstrip("/"),
         "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
     browser.find_element(By.ID, "copy").click()
-    wait(browser).until(lambda d: d.find_element(By.ID, "toast").text == "Text copied")
+    # Its text, not its visible text: the toast fades after 1.8 s, which a slow poll can miss.
+    wait(browser).until(lambda d: d.execute_script(
+        "return document.getElementById('toast').textContent") == "Text copied")
     copied = browser.execute_async_script(
         "navigator.clipboard.readText().then(arguments[0], e => arguments[0]('ERR ' + e))")
     assert copied == api["text"]
@@ -759,14 +769,23 @@ def test_folder_and_zip_jobs_run_in_the_jobs_tab(server: Server, browser: webdri
                         and card.get_attribute("data-status") == "running"
                         and card.find_element(By.CLASS_NAME, "progress-figure").text
                         not in ("0%", "–"))
-    running = job_card(browser, "many")
-    assert running.find_element(By.CLASS_NAME, "job-cancel").is_displayed()
-    assert browser.find_element(By.ID, "jobs-badge").text == "1"
-    done = int(running.find_element(By.CLASS_NAME, "progress").get_attribute("aria-valuenow"))
-    assert 0 < done < 12
-    screenshot(browser, tmp_path / "jobs-running-wide.png")
-    job_card(browser, "many").find_element(By.CLASS_NAME, "job-cancel").click()
-    cancelled = wait_for_job(browser, "many", "cancelled")
+    # Held from here until it is cancelled, so it cannot finish first on a fast machine.
+    workers = server.workers()
+    for worker in workers:
+        worker.suspend()
+    try:
+        running = job_card(browser, "many")
+        assert running.find_element(By.CLASS_NAME, "job-cancel").is_displayed()
+        assert browser.find_element(By.ID, "jobs-badge").text == "1"
+        done = int(running.find_element(By.CLASS_NAME, "progress").get_attribute(
+            "aria-valuenow"))
+        assert 0 < done < 12
+        screenshot(browser, tmp_path / "jobs-running-wide.png")
+        job_card(browser, "many").find_element(By.CLASS_NAME, "job-cancel").click()
+        cancelled = wait_for_job(browser, "many", "cancelled")
+    finally:
+        for worker in workers:
+            worker.resume()
     assert server.get_json(f"/jobs/{cancelled.get_attribute('data-job-id')}")["status"] == \
         "cancelled"
     delete = zip_card.find_element(By.CLASS_NAME, "job-delete")
