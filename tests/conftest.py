@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,3 +102,22 @@ def read_eval_image(eval_dir: Path) -> Callable[..., OcrResult]:
         return results[key]
 
     return read
+
+
+# ---------------------------------------------------------------- the run's report
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Names the CPU at the end of the report, beside the failures: the machines the suite
+    runs on differ from session to session, and some outcomes depend on the CPU (bf16 tests
+    run only with native bf16; a stage's text can differ by a borderline line)."""
+    try:
+        model = next((line.split(":", 1)[1].strip()
+                      for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "unknown")
+    except OSError:
+        model = "unknown"
+    flags = cpu_flags()
+    native = "yes" if has_native_bf16(flags) else "no"
+    amx = "yes" if "amx_bf16" in flags else "no"
+    terminalreporter.write_line(
+        f"cpu: {model}, {os.cpu_count()} cores, native bf16 {native}, amx {amx}")
