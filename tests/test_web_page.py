@@ -386,8 +386,10 @@ def test_the_page_reads_the_receipt_like_the_api(server: Server, browser: webdri
     browser.execute_cdp_cmd("Browser.grantPermissions", {
         "origin": server.url.rstrip("/"),
         "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    # The toast's text, not its visible text: it fades after 1.8 s, which a slow poll can miss
+    # (emptied first, so only this click can fill it).
+    browser.execute_script("document.getElementById('toast').textContent = ''")
     browser.find_element(By.ID, "copy").click()
-    # Its text, not its visible text: the toast fades after 1.8 s, which a slow poll can miss.
     wait(browser).until(lambda d: d.execute_script(
         "return document.getElementById('toast').textContent") == "Text copied")
     copied = browser.execute_async_script(
