@@ -123,6 +123,11 @@ def eval_text(backend: str, precision: str, buckets: str, where: str = "both") -
                       "differing": len(differing), "differing_cases": differing}))
 
 
+def _p180(reading) -> float:
+    """The classifier's probability that the line is upside down, whichever label it gave."""
+    return reading.score if reading.label == "180" else 1 - reading.score
+
+
 def cls_margin() -> None:
     from ocr_engine.image import decode_image
 
@@ -152,8 +157,7 @@ def cls_margin() -> None:
                 readings[name] = engine.classifier(crops, options.cls_thresh, windows=windows)
                 elapsed[name] += time.perf_counter() - start
             for index, (a, b) in enumerate(zip(*readings.values())):
-                p_a = a.score if a.label == "180" else 1 - a.score
-                p_b = b.score if b.label == "180" else 1 - b.score
+                p_a, p_b = _p180(a), _p180(b)
                 moved.append(abs(p_a - p_b))
                 if a.turned != b.turned:
                     flips.append(f"{name_of_image}, {'windowed' if windows else 'squeezed'} "

@@ -92,7 +92,7 @@ def _rss_growth_over_new_shapes(runtime_cache: int, shapes: int) -> float:
     input shapes, after the largest and 10 others have been seen (so the largest buffers are
     already there). Run in a fresh process: in a test process that has already run others the
     heap holds freed memory that new buffers reuse, which hides growth unevenly (a CI run
-    measured 117 MB for the default cache here, against ~195 MB in a fresh process)."""
+    measured 117 MB for the default cache here, against ~235 MB in a fresh process)."""
     rng = np.random.default_rng(11)
     process = psutil.Process()
     session = OpenVinoSession(WHEEL.det, 2, "f32", runtime_cache=runtime_cache)
